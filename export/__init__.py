@@ -1,0 +1,1 @@
+"""Checkpoint -> artifact (TorchScript, ONNX, manifest, parity). Arrives with the export issue."""

@@ -1,0 +1,1 @@
+"""The inference server (FastAPI routes, batcher, metrics). Arrives with the serving issue."""

@@ -1,0 +1,3 @@
+from spectramind.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The one model definition. Arrives with the model issue."""

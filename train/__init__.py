@@ -1,0 +1,1 @@
+"""The slim training module (curriculum, calibration, sweeps). Arrives with the training issue."""

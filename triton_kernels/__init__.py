@@ -1,0 +1,1 @@
+"""Triton kernels registered as CUDA implementations of the spectramind operators. Arrive with the kernels issue."""
