@@ -1,0 +1,238 @@
+"""The ``spectramind`` command: the front door that dispatches to each stage.
+
+Every command takes its flags plus Hydra overrides (``key=value``) composed onto
+``configs/config.yaml``; flags win over the config values they mirror::
+
+    spectramind simulate --out S --n-planets 8 --seed 1
+    spectramind calibrate --data S --out L
+    spectramind baseline --data L --out sub.csv
+    spectramind score --truth S/train.csv --submission sub.csv
+    spectramind demo                       # all four on an embedded default
+    spectramind config model=small         # print the composed config
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.logging import RichHandler
+
+from spectramind.config import compose, split_overrides
+from spectramind.data.errors import PlanetDataError
+from spectramind.data.lightcurves import Binning
+from spectramind.data.runner import RunSummary, StrictFailure, console
+
+log = logging.getLogger("spectramind")
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit status 2."""
+
+
+def _options(cls: type, node: DictConfig, **flags):
+    """Build an options dataclass from its config node; flags that were given win."""
+    known = {f.name for f in fields(cls)}
+    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k in known}
+    unknown = set(OmegaConf.to_container(node, resolve=True)) - known
+    if unknown:
+        raise UsageError(f"unknown {cls.__name__} keys in config: {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return cls(**values)
+
+
+def _binning(cfg: DictConfig) -> Binning:
+    return Binning(**OmegaConf.to_container(cfg.data.binning, resolve=True))
+
+
+def _finish(summary: RunSummary, out_dir: Path | None) -> int:
+    summary.report()
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        summary.write(out_dir / f"{summary.task}_summary.json")
+    if not summary.results:
+        console.print(f"[red]{summary.task}: nothing succeeded[/]")
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_simulate(args: argparse.Namespace, cfg: DictConfig) -> int:
+    from spectramind.data.simulate import SimulateOptions, simulate_dataset
+
+    opts = _options(
+        SimulateOptions,
+        cfg.data.simulate,
+        n_planets=args.n_planets,
+        seed=args.seed,
+        reads_scale=args.reads_scale,
+        level=args.level,
+        n_test=args.n_test,
+    )
+    out = Path(args.out)
+    summary = simulate_dataset(out, opts, binning=_binning(cfg), workers=args.workers)
+    return _finish(summary, out)
+
+
+def cmd_calibrate(args: argparse.Namespace, cfg: DictConfig) -> int:
+    from spectramind.data.calibrate import CalibrateOptions, calibrate_dataset
+
+    opts = _options(CalibrateOptions, cfg.data.calibrate)
+    out = Path(args.out)
+    summary = calibrate_dataset(
+        Path(args.data), out, opts, binning=_binning(cfg), splits=args.splits, workers=args.workers, strict=args.strict
+    )
+    return _finish(summary, out)
+
+
+def cmd_baseline(args: argparse.Namespace, cfg: DictConfig) -> int:
+    from spectramind.baseline import BaselineOptions, baseline_dataset
+
+    opts = _options(BaselineOptions, cfg.data.baseline)
+    out = Path(args.out)
+    summary = baseline_dataset(Path(args.data), out, opts, splits=args.splits, workers=args.workers, strict=args.strict)
+    return _finish(summary, out.parent)
+
+
+def cmd_score(args: argparse.Namespace, cfg: DictConfig) -> int:
+    from spectramind.metric import score_files
+
+    report = score_files(Path(args.truth), Path(args.submission), naive_mean=args.naive_mean, naive_sigma=args.naive_sigma)
+    print(report.to_json(), flush=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, cfg: DictConfig) -> int:
+    """Simulate, calibrate, fit the baseline and score a small set: the end-to-end job."""
+    from spectramind.baseline import BaselineOptions, baseline_dataset
+    from spectramind.data.calibrate import CalibrateOptions, calibrate_dataset
+    from spectramind.data.simulate import SimulateOptions, simulate_dataset
+    from spectramind.metric import score_files
+
+    out = Path(args.out)
+    raw, lcdir, sub = out / "raw", out / "lightcurves", out / "submission.csv"
+    binning = _binning(cfg)
+    sim = _options(SimulateOptions, cfg.data.simulate, n_planets=args.n_planets, seed=args.seed, level="raw")
+    steps: list[tuple[str, Callable[[], RunSummary], Path]] = [
+        ("simulate", lambda: simulate_dataset(raw, sim, binning=binning, workers=args.workers), raw),
+        (
+            "calibrate",
+            lambda: calibrate_dataset(
+                raw, lcdir, _options(CalibrateOptions, cfg.data.calibrate), binning=binning, workers=args.workers
+            ),
+            lcdir,
+        ),
+        (
+            "baseline",
+            lambda: baseline_dataset(lcdir, sub, _options(BaselineOptions, cfg.data.baseline), workers=args.workers),
+            out,
+        ),
+    ]
+    for name, step, where in steps:
+        t0 = time.perf_counter()
+        status = _finish(step(), where)
+        console.print(f"{name}: {time.perf_counter() - t0:.1f} s")
+        if status:
+            return status
+    report = score_files(raw / "train.csv", sub)
+    print(report.to_json(), flush=True)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, cfg: DictConfig) -> int:
+    print(OmegaConf.to_yaml(cfg), end="")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _splits(text: str) -> tuple[str, ...]:
+    parts = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in parts if s not in ("train", "test")]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(f"--splits takes train and/or test, got {text!r}")
+    return parts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spectramind",
+        description="SpectraMind V50: ADC2025-format data to calibrated transmission spectra. "
+        "Any command also takes Hydra overrides key=value (e.g. data.binning.airs_seconds=300).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, strict: bool = True) -> None:
+        p.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPU count)")
+        if strict:
+            p.add_argument("--strict", action="store_true", help="stop at the first bad planet instead of skipping it")
+
+    p = sub.add_parser("simulate", help="write simulated planets in the ADC2025 layout (or as light curves)")
+    p.add_argument("--out", required=True, help="output data root")
+    p.add_argument("--n-planets", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--reads-scale", type=float, default=None, help="fraction of the real number of reads")
+    p.add_argument("--level", choices=("raw", "lightcurves"), default=None)
+    p.add_argument("--n-test", type=int, default=None, help="extra unlabelled planets in test/")
+    common(p, strict=False)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("calibrate", help="reduce raw ADC2025 frames to light curves")
+    p.add_argument("--data", required=True, help="ADC2025 data root")
+    p.add_argument("--out", required=True, help="light-curve directory to write")
+    p.add_argument("--splits", type=_splits, default=("train", "test"), help="train,test")
+    common(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("baseline", help="physics transit-fit predictions for a light-curve directory")
+    p.add_argument("--data", required=True, help="light-curve directory")
+    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.add_argument("--splits", type=_splits, default=("train", "test"), help="train,test")
+    common(p)
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("score", help="the ADC2025 score of a submission")
+    p.add_argument("--truth", required=True, help="labels CSV (planet_id, wl_1..wl_283)")
+    p.add_argument("--submission", required=True, help="submission CSV")
+    p.add_argument("--naive-mean", type=float, default=None, help="default: mean of the truth labels")
+    p.add_argument("--naive-sigma", type=float, default=None, help="default: std of the truth labels")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("demo", help="simulate, calibrate, baseline and score a small set")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--n-planets", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    common(p, strict=False)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", help="print the composed configuration")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, rest = split_overrides(argv)
+    parser = build_parser()
+    args = parser.parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    try:
+        cfg = compose(overrides)
+        return int(args.func(args, cfg))
+    except (UsageError, ValueError, PlanetDataError, StrictFailure, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        return 2
