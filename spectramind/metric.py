@@ -254,13 +254,13 @@ def score_files(
 
 def submission_frame(planet_ids: Sequence[int], mu: np.ndarray, sigma: np.ndarray) -> pd.DataFrame:
     """A validated submission table. Shapes: planet_ids (n,), mu and sigma (n, 283)."""
-    ids = np.asarray(planet_ids)
-    m = np.asarray(mu, dtype=np.float64).reshape(-1, N_BINS) if np.size(mu) else np.zeros((0, N_BINS))
-    s = np.asarray(sigma, dtype=np.float64).reshape(-1, N_BINS) if np.size(sigma) else np.zeros((0, N_BINS))
-    if ids.ndim != 1 or not (len(ids) == m.shape[0] == s.shape[0]):
+    ids = np.asarray(planet_ids).reshape(-1) if len(planet_ids) else np.zeros(0, dtype=np.int64)
+    m = np.asarray(mu, dtype=np.float64) if len(ids) else np.zeros((0, N_BINS))
+    s = np.asarray(sigma, dtype=np.float64) if len(ids) else np.zeros((0, N_BINS))
+    if m.shape != (len(ids), N_BINS) or s.shape != (len(ids), N_BINS):
         raise ValueError(
-            f"planet_ids (n,), mu and sigma (n, {N_BINS}) disagree: {ids.shape}, "
-            f"{np.shape(mu)}, {np.shape(sigma)}"
+            f"mu and sigma must have shape (n_planets, {N_BINS}) = ({len(ids)}, {N_BINS}), "
+            f"got {m.shape} and {s.shape}"
         )
     df = pd.DataFrame(np.concatenate([m, s], axis=1), columns=list(WL_COLUMNS + SIGMA_COLUMNS))
     df.insert(0, "planet_id", ids.astype(np.int64))

@@ -1,0 +1,1 @@
+"""Data path: ADC2025 file format, simulator, calibration, light curves."""
