@@ -8,18 +8,24 @@ a. Transit window. The white-light curve (sum of the AIRS rows, plus FGS1 brough
    the least-squares best t0. Without usable star info, ingress and egress are the steepest
    drop and rise of the smoothed white light.
 b. White-light shape. A batman quadratic-limb-darkened transit times a polynomial in time
-   is fitted to the AIRS white light and to FGS1 together (shared t0 and impact parameter,
-   own Rp/Rs and linear limb-darkening coefficient per instrument); the polynomials are
-   solved linearly inside the residual (variable projection), so the optimiser only sees the
-   transit parameters. ``s(t) = (1 - model(t)) / rp**2`` is the unit-(Rp/Rs)^2 shape.
-c. Per-bin depths. Every bin solves ``flux = P(t) * (1 - depth * s(t)) + jitter terms`` by
+   is fitted to the AIRS white light and to FGS1 together (shared t0, impact parameter and
+   a/Rs, star info as start values; own Rp/Rs and linear limb-darkening coefficient per
+   instrument). The polynomials are solved linearly inside the residual (variable
+   projection), so the optimiser only sees the transit parameters.
+   ``s(t) = (1 - model(t)) / rp**2`` is the unit-(Rp/Rs)^2 shape.
+c. Per-bin depths. Every bin solves ``flux = P(t) * (1 - depth * s(t)) + regressors`` by
    weighted linear least squares, all 282 AIRS bins in one batched solve; the product
-   ``P * s`` is linearised around the previous iterate's polynomial, which converges in two
-   or three passes because the trend is small.
+   ``P * s`` is linearised around the previous pass's polynomial, which converges in a few
+   passes because the trend is small. Regressors: pointing (FGS1 centroids, AIRS trace) and,
+   for AIRS, the white-light residual (common-mode systematics). Limb darkening changes
+   with wavelength, so the AIRS shape carries a per-bin offset in u1, smooth in wavelength,
+   fitted across all bins.
 d. Sigma. The standard error of the depth scaled by the empirical residual chi^2 (not only
-   the tabulated errors), times a red-noise factor beta from time-binned residuals, times
-   ``sigma_inflation``, plus a floor in quadrature. Optional smoothing across AIRS
-   neighbours carries its own error (noise of the weighted mean plus the estimated bias).
+   the tabulated errors), times a correlated-noise factor (a Bartlett-weighted sandwich
+   estimate from the residual autocovariance), times ``sigma_inflation``. Smoothing across
+   AIRS neighbours (``smooth_bins``) turns the independent part into the noise of the
+   weighted mean plus the estimated smoothing bias; the error all AIRS bins share through
+   the white-light depth, and a floor, are added in quadrature afterwards.
 e. Visits of a planet combine by inverse variance; depths are clipped at 0 (sigma kept),
    because the ADC2025 metric refuses negative values.
 """
@@ -55,12 +61,14 @@ class BaselineOptions:
     sigma_inflation: float = 1.0
     limb_darkening_airs: tuple[float, float] = (0.15, 0.08)
     limb_darkening_fgs1: tuple[float, float] = (0.40, 0.20)
-    fit_limb_darkening: bool = True
+    fit_limb_darkening: int = 2
     fit_inclination: bool = True
+    fit_sma: bool = True
     supersample: int = 5
-    decorrelate: bool = True
+    decorrelate_degree: int = 2
+    common_mode: bool = True
     clip_sigma: float = 5.0
-    red_noise_minutes: float = 30.0
+    red_noise_minutes: float = 60.0
     sigma_floor_ppm_airs: float = 10.0
     sigma_floor_ppm_fgs1: float = 5.0
     ld_trend_degree: int = 2
@@ -68,14 +76,26 @@ class BaselineOptions:
     default_period_days: float = 3.0
 
     def __post_init__(self) -> None:
+        # YAML and the command line hand over lists and loosely typed numbers.
         self.limb_darkening_airs = tuple(float(u) for u in self.limb_darkening_airs)  # type: ignore[assignment]
         self.limb_darkening_fgs1 = tuple(float(u) for u in self.limb_darkening_fgs1)  # type: ignore[assignment]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool" and not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"baseline.{f.name} must be true or false, got {value!r}")
+            if f.type in ("int", "float"):
+                try:
+                    setattr(self, f.name, int(value) if f.type == "int" else float(value))
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"baseline.{f.name} must be a number, got {value!r}") from exc
         checks = {
             "poly_degree": 0 <= int(self.poly_degree) <= 5,
             "sigma_inflation": float(self.sigma_inflation) > 0,
             "limb_darkening_airs": len(self.limb_darkening_airs) == 2,
             "limb_darkening_fgs1": len(self.limb_darkening_fgs1) == 2,
+            "fit_limb_darkening": int(self.fit_limb_darkening) in (0, 1, 2),
             "supersample": int(self.supersample) >= 1,
+            "decorrelate_degree": 0 <= int(self.decorrelate_degree) <= 2,
             "clip_sigma": float(self.clip_sigma) > 0,
             "red_noise_minutes": float(self.red_noise_minutes) >= 0,
             "sigma_floor_ppm_airs": float(self.sigma_floor_ppm_airs) >= 0,
@@ -104,7 +124,8 @@ class WhiteLightFit:
     """The white-light transit of one visit (times in hours since the visit start).
 
     ``depth_airs`` / ``depth_fgs1`` are rp**2 of the AIRS white light and of FGS1, with
-    1-sigma errors from the fit's Jacobian scaled by the residual chi^2.
+    1-sigma errors from the fit's Jacobian (all parameters free), scaled by the residual
+    chi^2 and the correlated-noise factor.
     """
 
     t0: float
@@ -152,7 +173,7 @@ def _poly_basis(t: np.ndarray, degree: int) -> np.ndarray:
 
 def _regressors(x: np.ndarray | None) -> np.ndarray | None:
     """Standardised extra regressors, dropping constant ones. Shape: (T, E) or None."""
-    if x is None:
+    if x is None or x.shape[1] == 0:
         return None
     x = np.asarray(x, dtype=np.float64)
     sd = x.std(axis=0)
@@ -161,6 +182,18 @@ def _regressors(x: np.ndarray | None) -> np.ndarray | None:
         return None
     x = x[:, keep]
     return (x - x.mean(axis=0)) / sd[keep]
+
+
+def _pointing_terms(xy: np.ndarray, degree: int) -> np.ndarray:
+    """Pointing regressors: offsets, and for degree 2 their squares and product, because an
+    intrapixel response couples a centred PSF's flux to its offset quadratically.
+    Shapes: xy (T, 2) -> (T, 0 | 2 | 5)."""
+    x, y = np.asarray(xy, dtype=np.float64).T
+    x, y = x - x.mean(), y - y.mean()
+    terms = [] if degree < 1 else [x, y]
+    if degree >= 2:
+        terms += [x * x, y * y, x * y]
+    return np.stack(terms, axis=1) if terms else np.zeros((len(x), 0))
 
 
 def _clean_err(err: np.ndarray, flux_scale: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -291,12 +324,16 @@ def _transit_window(
 # ---------------------------------------------------------------- (b) white-light shape
 
 
-def _varpro_resid(y: np.ndarray, model: np.ndarray, v: np.ndarray, x: np.ndarray | None, sig: np.ndarray) -> np.ndarray:
-    """Whitened residual of ``y = P(t) * model + X e`` with P and e solved linearly. Shapes (T,)."""
-    cols = [model[:, None] * v] + ([x] if x is not None else [])
-    d = np.concatenate(cols, axis=1) / sig[:, None]
-    coef, *_ = np.linalg.lstsq(d, y / sig, rcond=None)
-    return y / sig - d @ coef
+def _varpro_resid(
+    y: np.ndarray, model: np.ndarray, v: np.ndarray, x: np.ndarray | None, sig: np.ndarray, keep: np.ndarray
+) -> np.ndarray:
+    """Residual of ``y = P(t) * model + X e`` at every point, P and e solved linearly on the kept points.
+
+    Shapes: y, model, sig, keep (T,); v (T, K+1); x (T, E) or None -> (T,).
+    """
+    d = np.concatenate([model[:, None] * v] + ([x] if x is not None else []), axis=1)
+    coef, *_ = np.linalg.lstsq(d[keep] / sig[keep, None], y[keep] / sig[keep], rcond=None)
+    return y - d @ coef
 
 
 class _Transit:
@@ -321,25 +358,34 @@ class _Transit:
 
 def fit_white_light(lc: LightCurves, star: pd.Series | Mapping | None, options: BaselineOptions) -> WhiteLightFit:
     """Fit the AIRS white light and FGS1 with batman transits (see the module docstring)."""
-    opt = options
+    return _fit_white(lc, star, options)[0]
+
+
+def _fit_white(
+    lc: LightCurves, star: pd.Series | Mapping | None, opt: BaselineOptions
+) -> tuple[WhiteLightFit, np.ndarray]:
+    """The white-light fit and the AIRS white-light residual (T_a,), the common-mode systematics."""
     geom = _star_geometry(star)
-    t0_0, t14, rough, period_h, sma0, used_star = _transit_window(lc, geom, opt.poly_degree, 24.0 * opt.default_period_days)
+    t0_0, t14, rough, period_h, sma0, used_star = _transit_window(
+        lc, geom, opt.poly_degree, 24.0 * opt.default_period_days
+    )
     wa, ff, _ = _white_light(lc)
     ta, tf = lc.airs_time_h.astype(np.float64), lc.fgs1_time_h.astype(np.float64)
     va, vf = _poly_basis(ta, opt.poly_degree), _poly_basis(tf, opt.poly_degree)
-    xa = _regressors(lc.airs_trace) if opt.decorrelate else None
-    xf = _regressors(lc.fgs1[:, 2:4]) if opt.decorrelate else None
+    xa = _regressors(_pointing_terms(lc.airs_trace, opt.decorrelate_degree))
+    xf = _regressors(_pointing_terms(lc.fgs1[:, 2:4], opt.decorrelate_degree))
     sa = np.full(len(ta), float(_p2p_std(wa)))
     sf = np.full(len(tf), float(_p2p_std(ff)))
     ma = _Transit(ta, period_h, sma0, opt.limb_darkening_airs, opt.supersample)
     mf = _Transit(tf, period_h, sma0, opt.limb_darkening_fgs1, max(1, opt.supersample // 2))
 
     fit_b = opt.fit_inclination or not used_star
-    fit_a = not used_star
+    fit_a = opt.fit_sma or not used_star
     b0 = sma0 * math.cos(math.radians(geom[2])) if used_star and geom is not None else 0.3
     b0 = min(max(b0, 0.0), _B_MAX)
     k0 = math.sqrt(max(rough, 1e-5))
-    # Parameter vector: t0, rp_airs, rp_fgs1, [b], [a/Rs], [u1_airs, u1_fgs1].
+    n_ld = int(opt.fit_limb_darkening)
+    # Parameter vector: t0, rp_airs, rp_fgs1, [b], [a/Rs], [u_airs[:n_ld]], [u_fgs1[:n_ld]].
     x0 = [t0_0, k0, k0]
     lo = [t0_0 - t14 / 2, 1e-3, 1e-3]
     hi = [t0_0 + t14 / 2, 0.5, 0.5]
@@ -351,13 +397,13 @@ def fit_white_light(lc: LightCurves, star: pd.Series | Mapping | None, options: 
         x0.append(sma0)
         lo.append(1.5)
         hi.append(max(200.0, 2 * sma0))
-    if opt.fit_limb_darkening:
-        x0 += [opt.limb_darkening_airs[0], opt.limb_darkening_fgs1[0]]
-        lo += [-0.5, -0.5]
-        hi += [1.5, 1.5]
+    for u in (opt.limb_darkening_airs, opt.limb_darkening_fgs1):
+        x0 += list(u[:n_ld])
+        lo += [-0.5] * n_ld
+        hi += [1.5] * n_ld
     x0 = np.clip(np.asarray(x0), np.asarray(lo) + 1e-9, np.asarray(hi) - 1e-9)
 
-    def unpack(x: np.ndarray) -> tuple[float, float, float, float, float, float, float]:
+    def unpack(x: np.ndarray) -> tuple[float, float, float, float, float, tuple[float, float], tuple[float, float]]:
         i = 3
         b = b0
         a = sma0
@@ -365,9 +411,8 @@ def fit_white_light(lc: LightCurves, star: pd.Series | Mapping | None, options: 
             b, i = x[i], i + 1
         if fit_a:
             a, i = x[i], i + 1
-        ua, uf = opt.limb_darkening_airs[0], opt.limb_darkening_fgs1[0]
-        if opt.fit_limb_darkening:
-            ua, uf = x[i], x[i + 1]
+        ua = tuple(x[i : i + n_ld]) + opt.limb_darkening_airs[n_ld:]
+        uf = tuple(x[i + n_ld : i + 2 * n_ld]) + opt.limb_darkening_fgs1[n_ld:]
         return x[0], x[1], x[2], b, a, ua, uf
 
     keep_a = np.ones(len(ta), bool)
@@ -375,11 +420,11 @@ def fit_white_light(lc: LightCurves, star: pd.Series | Mapping | None, options: 
 
     def resid(x: np.ndarray) -> np.ndarray:
         t0, ra, rf, b, a, ua, uf = unpack(x)
-        m_a = ma(t0, ra, a, b, ua, opt.limb_darkening_airs[1])
-        m_f = mf(t0, rf, a, b, uf, opt.limb_darkening_fgs1[1])
-        r_a = _varpro_resid(wa[keep_a], m_a[keep_a], va[keep_a], None if xa is None else xa[keep_a], sa[keep_a])
-        r_f = _varpro_resid(ff[keep_f], m_f[keep_f], vf[keep_f], None if xf is None else xf[keep_f], sf[keep_f])
-        return np.concatenate([r_a, r_f])
+        m_a = ma(t0, ra, a, b, *ua)
+        m_f = mf(t0, rf, a, b, *uf)
+        r_a = _varpro_resid(wa, m_a, va, xa, sa, keep_a)
+        r_f = _varpro_resid(ff, m_f, vf, xf, sf, keep_f)
+        return np.concatenate([(r_a / sa)[keep_a], (r_f / sf)[keep_f]])
 
     sol = least_squares(resid, x0, bounds=(lo, hi), diff_step=1e-6, x_scale="jac", max_nfev=200)
     # One pass of outlier rejection (cosmic rays, glitches), then a refit from the solution.
@@ -392,26 +437,45 @@ def fit_white_light(lc: LightCurves, star: pd.Series | Mapping | None, options: 
     t0, ra, rf, b, a, ua, uf = unpack(sol.x)
     dof = max(1, len(sol.fun) - len(sol.x))
     chi2 = float(sol.fun @ sol.fun) / dof
-    jtj = sol.jac.T @ sol.jac
-    cov = np.linalg.pinv(jtj) * max(chi2, 1e-12)
-    sig_ra, sig_rf = math.sqrt(max(cov[1, 1], 0)), math.sqrt(max(cov[2, 2], 0))
+    cov = np.linalg.pinv(sol.jac.T @ sol.jac) * max(chi2, 1e-12)
+    m_a = ma(t0, ra, a, b, *ua)
+    m_f = mf(t0, rf, a, b, *uf)
+    res_a = _varpro_resid(wa, m_a, va, xa, sa, keep_a)
+    res_f = _varpro_resid(ff, m_f, vf, xf, sf, keep_f)
+    # Correlated noise in the white light (stellar, pointing) leaks into its depth more than
+    # the Jacobian says: scale by the correlated-noise factor of a fixed-shape refit.
+    red_a = _red_factor(wa, sa, keep_a, (1 - m_a) / ra**2, va, xa, _lags(ta, opt.red_noise_minutes))
+    red_f = _red_factor(ff, sf, keep_f, (1 - m_f) / rf**2, vf, xf, _lags(tf, opt.red_noise_minutes))
+    sig_da = 2 * ra * math.sqrt(max(cov[1, 1], 0)) * red_a
+    sig_df = 2 * rf * math.sqrt(max(cov[2, 2], 0)) * red_f
     inc = math.degrees(math.acos(min(1.0, b / a)))
-    return WhiteLightFit(
+    fit = WhiteLightFit(
         t0=float(t0),
         period_h=float(period_h),
         sma=float(a),
         inc=float(inc),
         rp_airs=float(ra),
         rp_fgs1=float(rf),
-        u_airs=(float(ua), opt.limb_darkening_airs[1]),
-        u_fgs1=(float(uf), opt.limb_darkening_fgs1[1]),
+        u_airs=(float(ua[0]), float(ua[1])),
+        u_fgs1=(float(uf[0]), float(uf[1])),
         depth_airs=float(ra * ra),
-        depth_airs_sigma=float(2 * ra * sig_ra),
+        depth_airs_sigma=float(sig_da),
         depth_fgs1=float(rf * rf),
-        depth_fgs1_sigma=float(2 * rf * sig_rf),
+        depth_fgs1_sigma=float(sig_df),
         t14=float(t14),
         used_star=used_star,
     )
+    return fit, np.where(keep_a, res_a, 0.0)
+
+
+def _red_factor(
+    y: np.ndarray, err: np.ndarray, keep: np.ndarray, shape: np.ndarray, v: np.ndarray, x: np.ndarray | None, lags: int
+) -> float:
+    """Correlated-noise factor (>= 1) of one series' depth error. Shapes: y, err, keep, shape (T,)."""
+    if lags <= 0:
+        return 1.0
+    fit = _fit_depths(y[None], err[None], shape[:, None], v, x, clip_sigma=np.inf, keep=keep[None], lags=lags)
+    return max(1.0, float(fit.red[0]))
 
 
 def _unit_shape(
@@ -463,6 +527,7 @@ class _DepthFit:
     shape_sigma: np.ndarray  # (B, S) their standard errors
     resid: np.ndarray  # (B, T)
     keep: np.ndarray  # (B, T) bool, False for rejected outliers
+    red: np.ndarray  # (B,) correlated-noise factor of the depth error (1 = white)
 
 
 def _fit_depths(
@@ -473,12 +538,15 @@ def _fit_depths(
     x: np.ndarray | None,
     clip_sigma: float,
     keep: np.ndarray | None = None,
+    lags: int = 0,
 ) -> _DepthFit:
     """Per-bin ``y = P(t) * (1 - sum_k c_k * shape_k(t)) + X e`` for a batch of bins.
 
     The first shape is the unit-depth transit, so c_0 is the depth. ``P * shape`` is
     linearised around the previous pass's P, which converges because the trend is small.
-    Outliers are rejected once (unless ``keep`` is given). Shapes: y, err (B, T)
+    Outliers are rejected once (unless ``keep`` is given). ``red`` is the factor by which
+    residual autocorrelation up to ``lags`` time bins inflates the depth error (a Bartlett-
+    weighted, Newey-West style sandwich estimate; 1 for white noise). Shapes: y, err (B, T)
     normalised; shapes (T, S) or (B, T, S); v (T, K+1); x (T, E) or None; keep (B, T).
     """
     nb, nt = y.shape
@@ -506,12 +574,34 @@ def _fit_depths(
     wk = w * keep
     coef, chi2 = _solve_batched(design, y, wk)
     p = design.shape[2]
-    cov = np.diagonal(np.linalg.inv(_normal_matrix(design, wk)), axis1=1, axis2=2)[:, -ns:]
+    inv = np.linalg.inv(_normal_matrix(design, wk))
+    cov = np.diagonal(inv, axis1=1, axis2=2)[:, -ns:]
     dof = np.maximum(keep.sum(axis=1) - p, 1)
     sig = np.sqrt(np.maximum(cov, 0) * (chi2 / dof)[:, None])
     resid = y - _predict(design, coef)
+    red = np.ones(nb)
+    if lags > 0:
+        # The depth is a linear estimator d = sum_t h_t y_t; its variance under noise with
+        # autocovariance g_k is sum_k g_k sum_t h_t h_{t+k}. The ratio to the white-noise value
+        # (k = 0 only) scales the white-noise error.
+        h = np.matmul(design * wk[..., None], inv[:, -ns, :, None])[..., 0]
+        r = np.where(keep, resid, 0.0)
+        n = np.maximum(keep.sum(axis=1), 1)
+        g0 = np.sum(r * r, axis=1) / n
+        var = g0 * np.sum(h * h, axis=1)
+        white = var.copy()
+        for k in range(1, min(lags, nt - 1) + 1):
+            gk = np.sum(r[:, k:] * r[:, :-k], axis=1) / n
+            var += 2 * (1 - k / (lags + 1)) * gk * np.sum(h[:, k:] * h[:, :-k], axis=1)
+        red = np.sqrt(np.maximum(var, 0) / np.maximum(white, 1e-300))
     return _DepthFit(
-        depth=coef[:, -ns], sigma_white=sig[:, 0], shape_coef=coef[:, -ns:], shape_sigma=sig, resid=resid, keep=keep
+        depth=coef[:, -ns],
+        sigma_white=sig[:, 0],
+        shape_coef=coef[:, -ns:],
+        shape_sigma=sig,
+        resid=resid,
+        keep=keep,
+        red=red,
     )
 
 
@@ -540,29 +630,12 @@ def _ld_trend(fit: _DepthFit, degree: int, clip_sigma: float) -> np.ndarray:
 # ---------------------------------------------------------------- (d) sigma
 
 
-def _beta(resid: np.ndarray, keep: np.ndarray, cadence_h: float, minutes: float) -> float:
-    """Red-noise factor: scatter of time-binned residuals over its white-noise expectation.
-
-    Averaged over bin sizes from half to twice ``minutes`` and (median) over rows; >= 1.
-    Shapes: resid, keep (B, T).
-    """
-    if minutes <= 0 or cadence_h <= 0:
-        return 1.0
-    r = np.where(keep, resid, 0.0)
-    nt = r.shape[1]
-    n_mid = minutes / 60.0 / cadence_h
-    sizes = sorted({int(round(n)) for n in np.geomspace(max(2.0, n_mid / 2), max(2.0, 2 * n_mid), 5)})
-    s1 = r.std(axis=1, ddof=1)
-    betas = []
-    for n in sizes:
-        m = nt // n
-        if m < 6:
-            continue
-        binned = r[:, : m * n].reshape(r.shape[0], m, n).mean(axis=2)
-        expected = s1 / math.sqrt(n)
-        ratio = binned.std(axis=1, ddof=1) / np.maximum(expected, 1e-30)
-        betas.append(float(np.median(ratio)))
-    return max(1.0, float(np.mean(betas))) if betas else 1.0
+def _lags(t: np.ndarray, minutes: float) -> int:
+    """Number of time bins spanning ``minutes`` (the autocorrelation bandwidth)."""
+    cad = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
+    if minutes <= 0 or cad <= 0:
+        return 0
+    return int(min(len(t) // 3, round(minutes / 60.0 / cad)))
 
 
 def _smooth(depth: np.ndarray, sigma: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
@@ -584,21 +657,35 @@ def _smooth(depth: np.ndarray, sigma: np.ndarray, half: int) -> tuple[np.ndarray
     # Var(raw_j - smooth_j) for pure noise is sigma_j^2 (1 - 2 a_jj) + noise_var, a_jj = iv_j / den_j.
     expect = sigma**2 * (1 - 2 * iv / den) + noise_var
     excess = (depth - smooth) ** 2 - expect
-    width = min(nb, 10 * half + 1)
-    bias2 = np.maximum(np.convolve(excess, np.ones(width) / width, mode="same"), 0.0)
+    # Averaged over a wider window than the smoothing (a single bin's excess is mostly noise);
+    # divided by the count so the spectrum's ends are not diluted.
+    box = np.ones(min(nb, 10 * half + 1))
+    local = np.convolve(excess, box, mode="same") / np.convolve(np.ones(nb), box, mode="same")
+    bias2 = np.maximum(local, 0.0)
     return smooth, np.sqrt(noise_var + bias2)
 
 
 # ---------------------------------------------------------------- per visit / planet
 
 
-def _visit_depths(lc: LightCurves, star: pd.Series | Mapping | None, opt: BaselineOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Raw per-bin depths of one visit and their statistical sigma (before smoothing and floors).
+@dataclass
+class _VisitDepths:
+    """Raw depths of one visit, FGS1 first, each (283,).
 
-    Shapes: (283,), (283,); FGS1 first.
+    ``sigma_stat`` is each bin's own error (independent between bins, so smoothing may
+    average it down); ``sigma_common`` is the error all AIRS bins share through the
+    white-light shape and correlated noise (smoothing leaves it as it is).
     """
+
+    mu: np.ndarray
+    sigma_stat: np.ndarray
+    sigma_common: np.ndarray
+
+
+def _visit_depths(lc: LightCurves, star: pd.Series | Mapping | None, opt: BaselineOptions) -> _VisitDepths:
+    """Per-bin depths of one visit before smoothing and floors (see :class:`_VisitDepths`)."""
     lc.validate()
-    white = fit_white_light(lc, star, opt)
+    white, common = _fit_white(lc, star, opt)
     ta, tf = lc.airs_time_h.astype(np.float64), lc.fgs1_time_h.astype(np.float64)
 
     # AIRS: every row normalised by its median; rows without flux are filled later.
@@ -607,21 +694,28 @@ def _visit_depths(lc: LightCurves, star: pd.Series | Mapping | None, opt: Baseli
     good = scale > 0
     scale_safe = np.where(good, scale, 1.0)
     ya = flux / scale_safe[:, None]
-    p2p = _p2p_std(ya)
-    ea = _clean_err(lc.airs_err.astype(np.float64), scale_safe, p2p)
+    ea = _clean_err(lc.airs_err.astype(np.float64), scale_safe, _p2p_std(ya))
     shape_a, dshape_a = _unit_shape(ta, white, white.rp_airs, white.u_airs, opt.supersample)
     va = _poly_basis(ta, opt.poly_degree)
-    xa = _regressors(lc.airs_trace) if opt.decorrelate else None
+    lags_a = _lags(ta, opt.red_noise_minutes)
+    extra = [_pointing_terms(lc.airs_trace, opt.decorrelate_degree)]
+    if opt.common_mode:
+        # The white-light residual holds the systematics every bin shares (pointing, stellar
+        # noise); regressing on it removes them from each bin without touching the transit,
+        # to which the residual is orthogonal.
+        extra.append(common[:, None])
+    xa = _regressors(np.concatenate(extra, axis=1)) if extra else None
     if opt.ld_trend_degree >= 0:
         # Limb darkening weakens with wavelength: one white-light shape would bias the depths
         # of the blue and red ends in opposite directions.
         first = _fit_depths(ya[good], ea[good], np.stack([shape_a, dshape_a], axis=1), va, xa, opt.clip_sigma)
         du = _ld_trend(first, int(opt.ld_trend_degree), opt.clip_sigma)
         shapes = (shape_a[None, :] + du[:, None] * dshape_a[None, :])[..., None]
-        fa = _fit_depths(ya[good], ea[good], shapes, va, xa, opt.clip_sigma, keep=first.keep)
+        fa = _fit_depths(ya[good], ea[good], shapes, va, xa, opt.clip_sigma, keep=first.keep, lags=lags_a)
     else:
-        fa = _fit_depths(ya[good], ea[good], shape_a[:, None], va, xa, opt.clip_sigma)
-    beta_a = _beta(fa.resid, fa.keep, float(np.median(np.diff(ta))) if len(ta) > 1 else 0.0, opt.red_noise_minutes)
+        fa = _fit_depths(ya[good], ea[good], shape_a[:, None], va, xa, opt.clip_sigma, lags=lags_a)
+    # Per-bin autocorrelation estimates are noisy; their median over bins is a stable factor.
+    beta_a = max(1.0, float(np.median(fa.red)))
 
     # FGS1: one bin, its own shape (stronger limb darkening in the visible).
     ff = lc.fgs1[:, 0].astype(np.float64)
@@ -630,48 +724,70 @@ def _visit_depths(lc: LightCurves, star: pd.Series | Mapping | None, opt: Baseli
     ef = _clean_err(lc.fgs1_err.astype(np.float64)[None, :], fscale, _p2p_std(yf))
     shape_f, dshape_f = _unit_shape(tf, white, white.rp_fgs1, white.u_fgs1, max(1, opt.supersample // 2))
     vf = _poly_basis(tf, opt.poly_degree)
-    xf = _regressors(lc.fgs1[:, 2:4]) if opt.decorrelate else None
+    xf = _regressors(_pointing_terms(lc.fgs1[:, 2:4], opt.decorrelate_degree))
     # FGS1's limb darkening stays free in its depth fit, so its sigma carries the
     # depth-limb-darkening degeneracy.
     shapes_f = np.stack([shape_f, dshape_f], axis=1) if opt.fit_limb_darkening else shape_f[:, None]
-    fgs = _fit_depths(yf, ef, shapes_f, vf, xf, opt.clip_sigma)
-    beta_f = _beta(fgs.resid, fgs.keep, float(np.median(np.diff(tf))) if len(tf) > 1 else 0.0, opt.red_noise_minutes)
+    fgs = _fit_depths(yf, ef, shapes_f, vf, xf, opt.clip_sigma, lags=_lags(tf, opt.red_noise_minutes))
+    beta_f = max(1.0, float(fgs.red[0]))
 
     d_airs = np.full(N_AIRS, np.nan)
     s_airs = np.full(N_AIRS, np.nan)
     d_airs[good] = fa.depth
-    s_airs[good] = fa.sigma_white * beta_a * opt.sigma_inflation
+    s_airs[good] = fa.sigma_white * beta_a
     if not good.all():
         # A row without flux says nothing: the white-light depth with the spread of the others.
         d_airs[~good] = np.median(fa.depth)
         s_airs[~good] = math.hypot(float(_robust_std(fa.depth)), float(np.median(s_airs[good])))
 
     mu = np.concatenate([fgs.depth, d_airs])
-    sigma = np.concatenate([fgs.sigma_white * beta_f * opt.sigma_inflation, s_airs])
-    if not (np.isfinite(mu).all() and np.isfinite(sigma).all() and (sigma > 0).all()):
+    sigma = np.concatenate([fgs.sigma_white * beta_f, s_airs]) * opt.sigma_inflation
+    # A white-light depth error (shape parameters, transit-aligned correlated noise) moves
+    # every AIRS bin in proportion to its depth. FGS1 has its own shape fit, already in its sigma.
+    common_sigma = np.zeros(N_BINS)
+    if white.depth_airs > 0:
+        common_sigma[1:] = np.abs(d_airs) / white.depth_airs * white.depth_airs_sigma * opt.sigma_inflation
+    finite = np.isfinite(mu).all() and np.isfinite(sigma).all() and np.isfinite(common_sigma).all()
+    if not (finite and (sigma > 0).all()):
         raise PlanetDataError(lc.planet_id, None, "baseline fit produced non-finite depths or sigma", lc.visit)
-    return mu, sigma
+    return _VisitDepths(mu=mu, sigma_stat=sigma, sigma_common=common_sigma)
 
 
-def _finish(mu: np.ndarray, sigma: np.ndarray, opt: BaselineOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Spectral smoothing of the AIRS bins, then the systematic floors. Shapes (283,) -> (283,), (283,).
+def _combine(visits: list[_VisitDepths]) -> _VisitDepths:
+    """Inverse-variance mean of independent visits, both error parts propagated linearly."""
+    if len(visits) == 1:
+        return visits[0]
+    total = np.stack([v.sigma_stat**2 + v.sigma_common**2 for v in visits])
+    w = (1.0 / total) / np.sum(1.0 / total, axis=0)
+    return _VisitDepths(
+        mu=np.sum(w * np.stack([v.mu for v in visits]), axis=0),
+        sigma_stat=np.sqrt(np.sum(w**2 * np.stack([v.sigma_stat**2 for v in visits]), axis=0)),
+        sigma_common=np.sqrt(np.sum(w**2 * np.stack([v.sigma_common**2 for v in visits]), axis=0)),
+    )
 
-    Floors come last: systematics are shared by neighbouring bins, so smoothing must not
-    average them down.
+
+def _finish(v: _VisitDepths, opt: BaselineOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Spectral smoothing of the AIRS bins, then the shared errors and floors. Returns mu, sigma (283,).
+
+    The common error and the floors come after smoothing: they are shared by neighbouring
+    bins, so averaging neighbours must not shrink them.
     """
-    d_airs, s_airs = _smooth(mu[1:], sigma[1:], int(opt.smooth_bins))
-    mu = np.concatenate([mu[:1], d_airs])
+    d_airs, s_airs = _smooth(v.mu[1:], v.sigma_stat[1:], int(opt.smooth_bins))
+    mu = np.concatenate([v.mu[:1], d_airs])
     floor = np.full(N_BINS, opt.sigma_floor_ppm_airs * 1e-6)
     floor[0] = opt.sigma_floor_ppm_fgs1 * 1e-6
-    return mu, np.sqrt(np.concatenate([sigma[:1], s_airs]) ** 2 + floor**2)
+    stat = np.concatenate([v.sigma_stat[:1], s_airs])
+    return mu, np.sqrt(stat**2 + v.sigma_common**2 + floor**2)
 
 
-def fit_visit(lc: LightCurves, star: pd.Series | Mapping | None, options: BaselineOptions) -> tuple[np.ndarray, np.ndarray]:
+def fit_visit(
+    lc: LightCurves, star: pd.Series | Mapping | None, options: BaselineOptions
+) -> tuple[np.ndarray, np.ndarray]:
     """Transit depths of one visit. Returns mu, sigma, each (283,) in (Rp/Rs)^2, FGS1 first.
 
     ``mu`` may be negative here (a noisy shallow bin); :func:`predict_planet` clips.
     """
-    return _finish(*_visit_depths(lc, star, options), options)
+    return _finish(_visit_depths(lc, star, options), options)
 
 
 def predict_planet(
@@ -685,10 +801,7 @@ def predict_planet(
     """
     if not visits:
         raise ValueError("predict_planet needs at least one visit")
-    fits = [_visit_depths(lc, star, options) for lc in visits]
-    iv = np.stack([1.0 / s**2 for _, s in fits])
-    mu = np.sum(np.stack([m for m, _ in fits]) * iv, axis=0) / iv.sum(axis=0)
-    mu, sigma = _finish(mu, 1.0 / np.sqrt(iv.sum(axis=0)), options)
+    mu, sigma = _finish(_combine([_visit_depths(lc, star, options) for lc in visits]), options)
     return np.clip(mu, 0.0, None), sigma
 
 
@@ -701,6 +814,7 @@ class _PlanetJob:
 
     split: str
     planet_id: int
+    folder: str
     paths: tuple[str, ...]
     star: dict | None
     options: BaselineOptions = field(compare=False)
@@ -711,7 +825,7 @@ class _PlanetJob:
 
 def _baseline_worker(job: _PlanetJob) -> tuple[int, np.ndarray, np.ndarray]:
     if not job.paths:
-        raise PlanetDataError(job.planet_id, None, "no visit_*.npz light-curve file")
+        raise PlanetDataError(job.planet_id, job.folder, "no visit_*.npz light-curve file")
     visits = [LightCurves.load(Path(p)) for p in job.paths]
     try:
         mu, sigma = predict_planet(visits, job.star, job.options)
@@ -745,12 +859,16 @@ def baseline_dataset(
         if not planets:
             continue
         stars = read_star_info(lcdir, split) if (lcdir / f"{split}_star_info.csv").is_file() else None
+        if stars is not None and stars.index.has_duplicates:
+            dup = int(stars.index[stars.index.duplicated()][0])
+            raise ValueError(f"{lcdir / f'{split}_star_info.csv'}: planet {dup} has more than one row")
         for pid, paths in planets.items():
             if pid in seen:
                 raise ValueError(f"planet {pid} is in both the {seen[pid]} and the {split} split of {lcdir}")
             seen[pid] = split
             star = stars.loc[pid].to_dict() if stars is not None and pid in stars.index else None
-            jobs.append(_PlanetJob(split, pid, tuple(str(p) for p in paths), star, options))
+            folder = str(lcdir / split / str(pid))
+            jobs.append(_PlanetJob(split, pid, folder, tuple(str(p) for p in paths), star, options))
     summary = run_planets(_baseline_worker, jobs, task="baseline", workers=workers, strict=strict, progress=progress)
     ids = [r[0] for r in summary.results]
     mu = np.stack([r[1] for r in summary.results]) if ids else np.zeros((0, N_BINS))

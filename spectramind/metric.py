@@ -182,7 +182,8 @@ def _indexed(df: pd.DataFrame, name: str, columns: Sequence[str]) -> pd.DataFram
     df.index = pd.Index(ids, name="planet_id")
     dup = df.index[df.index.duplicated()]
     if len(dup):
-        raise ValueError(f"{name}: duplicate planet_id {int(dup[0])}" + (f" (and {len(dup) - 1} more)" if len(dup) > 1 else ""))
+        more = f" (and {len(dup) - 1} more)" if len(dup) > 1 else ""
+        raise ValueError(f"{name}: duplicate planet_id {int(dup[0])}{more}")
     for c in columns:
         if not pd.api.types.is_numeric_dtype(df[c]):
             raise ValueError(f"{name}: column {c} must be numeric, got {df[c].dtype}")

@@ -33,7 +33,7 @@ def _transit(t: np.ndarray, t0: float, per_h: float, rp: float, sma: float, inc:
     return batman.TransitModel(p, t, supersample_factor=7, exp_time=exp_h).light_curve(p)
 
 
-def make_planet(pid: int, rng: np.random.Generator) -> tuple[LightCurves, dict, np.ndarray]:
+def make_planet(pid: int, rng: np.random.Generator, base: float | None = None) -> tuple[LightCurves, dict, np.ndarray]:
     """One synthetic visit, its star-info row and its true depths (283,).
 
     A flat spectrum plus a 200 ppm Gaussian bump, limb darkening that weakens with
@@ -44,7 +44,7 @@ def make_planet(pid: int, rng: np.random.Generator) -> tuple[LightCurves, dict, 
     sma = 4.2 * period_d ** (2 / 3)  # a Sun-like star
     b = rng.uniform(0.0, 0.6)
     inc = math.degrees(math.acos(b / sma))
-    base = rng.uniform(0.006, 0.025)
+    base = rng.uniform(0.006, 0.025) if base is None else base
     j = np.arange(N_AIRS)
     depth_airs = base + 200e-6 * np.exp(-0.5 * ((j - rng.uniform(60, 220)) / 8.0) ** 2)
     depth_fgs1 = base + rng.uniform(-100e-6, 100e-6)
@@ -77,7 +77,7 @@ def make_planet(pid: int, rng: np.random.Generator) -> tuple[LightCurves, dict, 
         airs_trace=0.01 * rng.standard_normal((T_AIRS, 2)),
         meta={"split": "train", "source": "test_baseline"},
     )
-    star = {"planet_id": pid, "Rs": 1.0, "Ms": 1.0, "Ts": 5700.0, "Mp": 1.0, "e": 0.0, "P": period_d, "sma": sma, "i": inc}
+    star = dict(planet_id=pid, Rs=1.0, Ms=1.0, Ts=5700.0, Mp=1.0, e=0.0, P=period_d, sma=sma, i=inc)
     return lcs, star, np.concatenate([[depth_fgs1], depth_airs])
 
 
@@ -188,4 +188,6 @@ def test_corrupt_planet_is_skipped_and_strict_raises(lcdir, tmp_path):
     assert "visit_0.npz" in summary.failures[0].error
     assert list(read_submission(out)["planet_id"]) == [100]
     with pytest.raises(StrictFailure, match="planet 101"):
-        baseline_dataset(bad, tmp_path / "strict.csv", BaselineOptions(), splits=("train",), workers=1, strict=True, progress=False)
+        baseline_dataset(
+            bad, tmp_path / "strict.csv", BaselineOptions(), splits=("train",), workers=1, strict=True, progress=False
+        )

@@ -71,7 +71,19 @@ def _write_top(root: Path, planets: list[int]) -> None:
             airs_column_um=np.linspace(4.1, 1.6, 356),
         ),
     )
-    star = pd.DataFrame({"planet_id": planets, "Rs": 1.0, "Ms": 1.0, "Ts": 5700.0, "Mp": 1.0, "e": 0.0, "P": 3.0, "sma": 10.0, "i": 89.0})
+    star = pd.DataFrame(
+        {
+            "planet_id": planets,
+            "Rs": 1.0,
+            "Ms": 1.0,
+            "Ts": 5700.0,
+            "Mp": 1.0,
+            "e": 0.0,
+            "P": 3.0,
+            "sma": 10.0,
+            "i": 89.0,
+        }
+    )
     star.to_csv(root / "train_star_info.csv", index=False)
     pd.DataFrame([dict.fromkeys(adc.WL_COLUMNS, 1.0)]).to_csv(root / "wavelengths.csv", index=False)
     labels = pd.DataFrame({"planet_id": planets, **dict.fromkeys(adc.WL_COLUMNS, DEPTH)})
@@ -79,7 +91,13 @@ def _write_top(root: Path, planets: list[int]) -> None:
 
 
 def _raw_reads(
-    star: np.ndarray, sky: float, flat: np.ndarray, dark: np.ndarray, read: np.ndarray, t_int: float, rng: np.random.Generator
+    star: np.ndarray,
+    sky: float,
+    flat: np.ndarray,
+    dark: np.ndarray,
+    read: np.ndarray,
+    t_int: float,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Reads in units before the non-linearity: bias + Poisson charge + read noise.
 
@@ -100,7 +118,12 @@ def _encode(reads: np.ndarray, instrument: str) -> np.ndarray:
 
 
 def _calibration(
-    shape: tuple[int, int], rng: np.random.Generator, hot: tuple[int, int], hot_dark: float, dead: tuple[int, int], defects: bool
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    hot: tuple[int, int],
+    hot_dark: float,
+    dead: tuple[int, int],
+    defects: bool,
 ) -> adc.CalibrationFrames:
     dark = 0.01 + 0.001 * rng.standard_normal(shape)
     flat = 1.0 + 0.02 * rng.standard_normal(shape)
@@ -121,7 +144,13 @@ def _transit(n_pairs: int, window: tuple[int, int]) -> np.ndarray:
 
 
 def write_planet(
-    root: Path, planet_id: int, *, defects: bool = True, n_airs: int = N_AIRS_READS, n_fgs1: int = N_FGS1_READS, seed: int = 0
+    root: Path,
+    planet_id: int,
+    *,
+    defects: bool = True,
+    n_airs: int = N_AIRS_READS,
+    n_fgs1: int = N_FGS1_READS,
+    seed: int = 0,
 ) -> None:
     """One synthetic visit 0. ``defects`` adds dead and hot pixels and cosmic rays; the noise
     draws are the same either way, so a clean twin isolates their effect."""
@@ -190,9 +219,33 @@ def good_lc(synth: Path) -> LightCurves:
     return calibrate_visit(synth, "train", GOOD, 0, CalibrateOptions(), BINNING)
 
 
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def clean_lc(synth: Path) -> LightCurves:
-    return calibrate_visit(synth, "train", CLEAN, 0, CalibrateOptions(), BINNING)
+def clean_run(synth: Path) -> tuple[LightCurves, list[str]]:
+    """The clean twin and what it logged (caplog is per test; this fixture is per module)."""
+    logger, handler = logging.getLogger("spectramind.calibrate"), _Messages()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        lc = calibrate_visit(synth, "train", CLEAN, 0, CalibrateOptions(), BINNING)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return lc, handler.messages
+
+
+@pytest.fixture(scope="module")
+def clean_lc(clean_run: tuple[LightCurves, list[str]]) -> LightCurves:
+    return clean_run[0]
 
 
 def _in_out(n_bins: int, window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -299,9 +352,10 @@ def test_absolute_flux_and_defects_unbiased(good_lc: LightCurves) -> None:
     assert good_lc.meta[adc.AIRS]["masked_pixels"] == 2 and good_lc.meta[adc.AIRS]["trace_row"] == 15
 
 
-def test_noise_model_matches_scatter(good_lc: LightCurves) -> None:
-    # Two pairs a bin (< noise_min_pairs): these errors are the noise model alone.
-    assert good_lc.meta["noise"] == {adc.AIRS: "model", adc.FGS1: "model"}
+def test_noise_matches_scatter(good_lc: LightCurves) -> None:
+    # 16 AIRS bins (< noise_min_bins): the noise model alone, which must match the scatter.
+    # 64 FGS1 bins: the model rescaled to the scatter of its second differences.
+    assert good_lc.meta["noise"] == {adc.AIRS: "model", adc.FGS1: "model scaled to the scatter of second differences"}
     _, outside = _in_out(len(good_lc.airs_time_h), AIRS_TRANSIT)
     flux, err = good_lc.airs_flux[:, outside], good_lc.airs_err[:, outside]
     ratio = np.mean(flux.var(axis=1, ddof=1) / (err**2).mean(axis=1))
@@ -311,21 +365,25 @@ def test_noise_model_matches_scatter(good_lc: LightCurves) -> None:
     assert 0.6 < ratio < 1.6
 
 
-def test_bin_error_rescaled_to_scatter_when_bins_are_long() -> None:
+def test_bin_error_rescaled_to_scatter_of_long_series() -> None:
     rng = np.random.default_rng(3)
-    values = 3.0 * rng.standard_normal((400, 2))
-    mean, err, scaled = _bin_series(values, np.ones((400, 2)), factor=20, min_pairs=10)
-    assert scaled and mean.shape == err.shape == (20, 2)
-    np.testing.assert_allclose(err, 3.0 / np.sqrt(20), rtol=0.2)
-    _, err, scaled = _bin_series(values, np.ones((400, 2)), factor=20, min_pairs=30)
+    pairs = np.arange(4000)
+    # Noise 3x the model's, on a drift and a box transit of 5 bin sigmas that must not inflate it.
+    values = (
+        3.0 * rng.standard_normal((4000, 2)) + 1e-3 * pairs[:, None] - 5.0 * ((pairs > 1500) & (pairs < 2500))[:, None]
+    )
+    mean, err, scaled = _bin_series(values, np.ones((4000, 2)), factor=10, min_bins=32)
+    assert scaled and mean.shape == err.shape == (400, 2)
+    np.testing.assert_allclose(err, 3.0 / np.sqrt(10), rtol=0.1)
+    _, err, scaled = _bin_series(values, np.ones((4000, 2)), factor=10, min_bins=401)
     assert not scaled
-    np.testing.assert_allclose(err, 1.0 / np.sqrt(20))
+    np.testing.assert_allclose(err, 1.0 / np.sqrt(10))
 
 
-def test_reads_fewer_than_axis_are_logged(synth: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="spectramind.calibrate"):
-        calibrate_visit(synth, "train", CLEAN, 0, CalibrateOptions(), BINNING)
-    assert f"holds {N_AIRS_READS} AIRS-CH0 reads, axis_info.parquet describes {AXIS_AIRS_READS}" in caplog.text
+def test_reads_fewer_than_axis_are_logged(clean_run: tuple[LightCurves, list[str]]) -> None:
+    text = "\n".join(clean_run[1])
+    assert f"holds {N_AIRS_READS} AIRS-CH0 reads, axis_info.parquet describes {AXIS_AIRS_READS}" in text
+    assert f"holds {N_FGS1_READS} FGS1 reads, axis_info.parquet describes {AXIS_FGS1_READS}" in text
 
 
 # ---------------------------------------------------------------- bad input
@@ -342,12 +400,13 @@ def bad_root(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bad")
     _write_top(root, [1, 2, 3, 4, 5])
     (_copy_planet(synth, root, CLEAN, 1) / "AIRS-CH0_calibration_0" / "flat.parquet").unlink()
+    # FGS1 files for the signal faults: they are found without reading an 11,392-column AIRS file.
     pdir = _copy_planet(synth, root, CLEAN, 2)
-    adc.write_signal(pdir / "AIRS-CH0_signal_0.parquet", np.zeros((N_AIRS_READS, 32, 300), dtype=np.uint16))
+    adc.write_signal(pdir / "FGS1_signal_0.parquet", np.zeros((N_FGS1_READS, 32, 30), dtype=np.uint16))
     pdir = _copy_planet(synth, root, CLEAN, 3)
     adc.write_signal(pdir / "FGS1_signal_0.parquet", np.zeros((N_FGS1_READS - 1, 32, 32), dtype=np.uint16))
     pdir = _copy_planet(synth, root, CLEAN, 4)
-    adc.write_signal(pdir / "AIRS-CH0_signal_0.parquet", np.full((AXIS_AIRS_READS + 2, 32, 356), 5000, dtype=np.uint16))
+    adc.write_signal(pdir / "FGS1_signal_0.parquet", np.full((AXIS_FGS1_READS + 2, 32, 32), 5000, dtype=np.uint16))
     pdir = _copy_planet(synth, root, CLEAN, 5)
     cal_dir = pdir / "FGS1_calibration_0"
     cal = adc.read_calibration(cal_dir, adc.FGS1)
@@ -360,9 +419,9 @@ def bad_root(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("planet", "file", "message"),
     [
         (1, "AIRS-CH0_calibration_0/flat.parquet", "missing"),
-        (2, "AIRS-CH0_signal_0.parquet", "11392 columns"),
+        (2, "FGS1_signal_0.parquet", "1024 columns"),
         (3, "FGS1_signal_0.parquet", "even number of reads"),
-        (4, "AIRS-CH0_signal_0.parquet", f"{AXIS_AIRS_READS + 2} AIRS-CH0 reads, but axis_info.parquet describes only"),
+        (4, "FGS1_signal_0.parquet", f"{AXIS_FGS1_READS + 2} FGS1 reads, but axis_info.parquet describes only"),
         (5, "FGS1_signal_0.parquet", "non-finite values"),
     ],
 )
@@ -399,7 +458,9 @@ def test_dataset_skips_bad_planet_and_strict_raises(synth: Path, tmp_path: Path)
     assert lc.meta["split"] == "train" and lc.meta["options"] == asdict(CalibrateOptions())
 
     with pytest.raises(StrictFailure, match="planet 7"):
-        calibrate_dataset(root, tmp_path / "strict", CalibrateOptions(), BINNING, workers=1, strict=True, progress=False)
+        calibrate_dataset(
+            root, tmp_path / "strict", CalibrateOptions(), BINNING, workers=1, strict=True, progress=False
+        )
 
 
 def test_dataset_without_planets_names_the_folder(tmp_path: Path) -> None:
