@@ -59,9 +59,10 @@ class BaselineOptions:
 
     poly_degree: int = 2
     sigma_inflation: float = 1.0
-    limb_darkening_airs: tuple[float, float] = (0.15, 0.08)
-    limb_darkening_fgs1: tuple[float, float] = (0.40, 0.20)
+    limb_darkening_airs: tuple[float, float] = (0.15, 0.18)
+    limb_darkening_fgs1: tuple[float, float] = (0.40, 0.22)
     fit_limb_darkening: int = 2
+    limb_darkening_prior: float = 0.2
     fit_inclination: bool = True
     fit_sma: bool = True
     supersample: int = 5
@@ -94,6 +95,7 @@ class BaselineOptions:
             "limb_darkening_airs": len(self.limb_darkening_airs) == 2,
             "limb_darkening_fgs1": len(self.limb_darkening_fgs1) == 2,
             "fit_limb_darkening": int(self.fit_limb_darkening) in (0, 1, 2),
+            "limb_darkening_prior": float(self.limb_darkening_prior) >= 0,
             "supersample": int(self.supersample) >= 1,
             "decorrelate_degree": 0 <= int(self.decorrelate_degree) <= 2,
             "clip_sigma": float(self.clip_sigma) > 0,
@@ -418,25 +420,32 @@ def _fit_white(
     keep_a = np.ones(len(ta), bool)
     keep_f = np.ones(len(tf), bool)
 
+    # A Gaussian prior keeps limb darkening physical where the light curve cannot tell it from
+    # Rp/Rs (grazing or shallow transits); well-measured transits override it.
+    u_start = np.asarray(list(opt.limb_darkening_airs[:n_ld]) + list(opt.limb_darkening_fgs1[:n_ld]))
+    n_u = len(u_start) if opt.limb_darkening_prior > 0 else 0
+
     def resid(x: np.ndarray) -> np.ndarray:
         t0, ra, rf, b, a, ua, uf = unpack(x)
         m_a = ma(t0, ra, a, b, *ua)
         m_f = mf(t0, rf, a, b, *uf)
         r_a = _varpro_resid(wa, m_a, va, xa, sa, keep_a)
         r_f = _varpro_resid(ff, m_f, vf, xf, sf, keep_f)
-        return np.concatenate([(r_a / sa)[keep_a], (r_f / sf)[keep_f]])
+        prior = (x[len(x) - 2 * n_ld :] - u_start) / opt.limb_darkening_prior if n_u else np.zeros(0)
+        return np.concatenate([(r_a / sa)[keep_a], (r_f / sf)[keep_f], prior])
 
     sol = least_squares(resid, x0, bounds=(lo, hi), diff_step=1e-6, x_scale="jac", max_nfev=200)
     # One pass of outlier rejection (cosmic rays, glitches), then a refit from the solution.
     r = resid(sol.x)
-    na = int(keep_a.sum())
-    keep_a[np.abs(r[:na]) > opt.clip_sigma * max(_robust_std(r[:na]), 1e-12)] = False
-    keep_f[np.abs(r[na:]) > opt.clip_sigma * max(_robust_std(r[na:]), 1e-12)] = False
+    na, nf = int(keep_a.sum()), int(keep_f.sum())
+    keep_a[keep_a] = np.abs(r[:na]) <= opt.clip_sigma * max(float(_robust_std(r[:na])), 1e-12)
+    keep_f[keep_f] = np.abs(r[na : na + nf]) <= opt.clip_sigma * max(float(_robust_std(r[na : na + nf])), 1e-12)
     sol = least_squares(resid, sol.x, bounds=(lo, hi), diff_step=1e-6, x_scale="jac", max_nfev=200)
 
     t0, ra, rf, b, a, ua, uf = unpack(sol.x)
-    dof = max(1, len(sol.fun) - len(sol.x))
-    chi2 = float(sol.fun @ sol.fun) / dof
+    data = sol.fun[: len(sol.fun) - n_u]
+    dof = max(1, len(data) - len(sol.x))
+    chi2 = float(data @ data) / dof
     cov = np.linalg.pinv(sol.jac.T @ sol.jac) * max(chi2, 1e-12)
     m_a = ma(t0, ra, a, b, *ua)
     m_f = mf(t0, rf, a, b, *uf)
@@ -605,29 +614,35 @@ def _fit_depths(
     )
 
 
-def _ld_trend(fit: _DepthFit, degree: int, clip_sigma: float) -> np.ndarray:
+def _ld_trend(fit: _DepthFit, degree: int, clip_sigma: float, prior: float) -> np.ndarray:
     """Smooth per-bin limb-darkening offset du1 from a fit with shapes [s, ds/du1].
 
-    Each bin's ratio c_1 / c_0 is a noisy du1; a weighted polynomial in bin index pools all
-    bins, so the trend costs almost no depth precision. Shape: (B,).
+    Each bin's c_1 over the mean depth is a noisy du1; a weighted polynomial in bin index pools
+    all bins, so the trend costs almost no depth precision. A Gaussian prior of width ``prior``
+    on the coefficients (ridge) pulls the trend to 0 where the light curves cannot tell limb
+    darkening from depth (grazing or shallow transits). Shape: (B,).
     """
     nb = len(fit.depth)
     d = fit.shape_coef[:, 0]
-    ok = d > 3 * fit.sigma_white
-    if degree < 0 or ok.sum() < 3 * (degree + 1):
+    # One reference depth for all bins: dividing by each bin's own noisy depth would bias the
+    # ratio and favour bins whose noise deepened them.
+    iv = 1.0 / np.maximum(fit.sigma_white, 1e-30) ** 2
+    ref = float(np.sum(iv * d) / np.sum(iv))
+    if degree < 0 or nb < 3 * (degree + 1) or not ref > 3 / math.sqrt(float(np.sum(iv))):
         return np.zeros(nb)
-    du = fit.shape_coef[:, 1] / np.where(ok, d, 1.0)
-    w = np.where(ok, (d / np.maximum(fit.shape_sigma[:, 1], 1e-30)) ** 2, 0.0)
-    xb = np.linspace(-1, 1, nb)
-    vb = np.vander(xb, degree + 1, increasing=True)
+    du = fit.shape_coef[:, 1] / ref
+    w = (ref / np.maximum(fit.shape_sigma[:, 1], 1e-30)) ** 2
+    vb = np.vander(np.linspace(-1, 1, nb), degree + 1, increasing=True)
+    ridge = np.eye(degree + 1) / prior**2 if prior > 0 else np.zeros((degree + 1, degree + 1))
+    coef = np.zeros(degree + 1)
     for _ in range(3):
-        coef = np.linalg.lstsq(vb * np.sqrt(w)[:, None], du * np.sqrt(w), rcond=None)[0]
+        coef = np.linalg.solve(vb.T @ (w[:, None] * vb) + ridge + 1e-12 * np.eye(degree + 1), vb.T @ (w * du))
         z = (du - vb @ coef) * np.sqrt(w)
-        w = np.where(np.abs(z) > clip_sigma * max(float(_robust_std(z[w > 0])), 1e-12), 0.0, w)
+        live = w > 0
+        if live.sum() <= degree + 1:
+            break
+        w = np.where(np.abs(z) > clip_sigma * max(float(_robust_std(z[live])), 1e-12), 0.0, w)
     return np.clip(vb @ coef, -0.5, 0.5)
-
-
-# ---------------------------------------------------------------- (d) sigma
 
 
 def _lags(t: np.ndarray, minutes: float) -> int:
@@ -704,12 +719,12 @@ def _visit_depths(lc: LightCurves, star: pd.Series | Mapping | None, opt: Baseli
         # noise); regressing on it removes them from each bin without touching the transit,
         # to which the residual is orthogonal.
         extra.append(common[:, None])
-    xa = _regressors(np.concatenate(extra, axis=1)) if extra else None
+    xa = _regressors(np.concatenate(extra, axis=1))
     if opt.ld_trend_degree >= 0:
         # Limb darkening weakens with wavelength: one white-light shape would bias the depths
         # of the blue and red ends in opposite directions.
         first = _fit_depths(ya[good], ea[good], np.stack([shape_a, dshape_a], axis=1), va, xa, opt.clip_sigma)
-        du = _ld_trend(first, int(opt.ld_trend_degree), opt.clip_sigma)
+        du = _ld_trend(first, int(opt.ld_trend_degree), opt.clip_sigma, opt.limb_darkening_prior)
         shapes = (shape_a[None, :] + du[:, None] * dshape_a[None, :])[..., None]
         fa = _fit_depths(ya[good], ea[good], shapes, va, xa, opt.clip_sigma, keep=first.keep, lags=lags_a)
     else:
@@ -722,14 +737,13 @@ def _visit_depths(lc: LightCurves, star: pd.Series | Mapping | None, opt: Baseli
     fscale = np.array([np.median(ff)])
     yf = (ff / fscale[0])[None, :]
     ef = _clean_err(lc.fgs1_err.astype(np.float64)[None, :], fscale, _p2p_std(yf))
-    shape_f, dshape_f = _unit_shape(tf, white, white.rp_fgs1, white.u_fgs1, max(1, opt.supersample // 2))
+    shape_f, _ = _unit_shape(tf, white, white.rp_fgs1, white.u_fgs1, max(1, opt.supersample // 2))
     vf = _poly_basis(tf, opt.poly_degree)
     xf = _regressors(_pointing_terms(lc.fgs1[:, 2:4], opt.decorrelate_degree))
-    # FGS1's limb darkening stays free in its depth fit, so its sigma carries the
-    # depth-limb-darkening degeneracy.
-    shapes_f = np.stack([shape_f, dshape_f], axis=1) if opt.fit_limb_darkening else shape_f[:, None]
-    fgs = _fit_depths(yf, ef, shapes_f, vf, xf, opt.clip_sigma, lags=_lags(tf, opt.red_noise_minutes))
-    beta_f = max(1.0, float(fgs.red[0]))
+    fgs = _fit_depths(yf, ef, shape_f[:, None], vf, xf, opt.clip_sigma, lags=_lags(tf, opt.red_noise_minutes))
+    # The fixed-shape error misses the depth-limb-darkening-geometry degeneracy; the white-light
+    # fit of FGS1 (all parameters free) has it.
+    sigma_f = max(float(fgs.sigma_white[0]) * max(1.0, float(fgs.red[0])), white.depth_fgs1_sigma)
 
     d_airs = np.full(N_AIRS, np.nan)
     s_airs = np.full(N_AIRS, np.nan)
@@ -741,7 +755,7 @@ def _visit_depths(lc: LightCurves, star: pd.Series | Mapping | None, opt: Baseli
         s_airs[~good] = math.hypot(float(_robust_std(fa.depth)), float(np.median(s_airs[good])))
 
     mu = np.concatenate([fgs.depth, d_airs])
-    sigma = np.concatenate([fgs.sigma_white * beta_f, s_airs]) * opt.sigma_inflation
+    sigma = np.concatenate([[sigma_f], s_airs]) * opt.sigma_inflation
     # A white-light depth error (shape parameters, transit-aligned correlated noise) moves
     # every AIRS bin in proportion to its depth. FGS1 has its own shape fit, already in its sigma.
     common_sigma = np.zeros(N_BINS)

@@ -26,15 +26,15 @@ AIRS_NOISE = 300e-6
 FGS1_NOISE = 100e-6
 
 
-def _transit(t: np.ndarray, t0: float, per_h: float, rp: float, sma: float, inc: float, u, exp_h: float) -> np.ndarray:
+def _transit(t: np.ndarray, t0: float, per_h: float, rp: float, sma: float, inc: float, u, exp_h: float):
     p = batman.TransitParams()
     p.t0, p.per, p.rp, p.a, p.inc, p.ecc, p.w = t0, per_h, rp, sma, inc, 0.0, 90.0
     p.limb_dark, p.u = "quadratic", list(u)
     return batman.TransitModel(p, t, supersample_factor=7, exp_time=exp_h).light_curve(p)
 
 
-def make_planet(pid: int, rng: np.random.Generator, base: float | None = None) -> tuple[LightCurves, dict, np.ndarray]:
-    """One synthetic visit, its star-info row and its true depths (283,).
+def make_planet(pid: int, rng: np.random.Generator, base: float | None = None):
+    """One synthetic visit, its star-info row and its true depths: (LightCurves, dict, (283,)).
 
     A flat spectrum plus a 200 ppm Gaussian bump, limb darkening that weakens with
     wavelength (stronger in FGS1), a slow trend, white noise of 300 ppm per AIRS point and
@@ -113,6 +113,8 @@ def test_options_match_the_yaml():
         BaselineOptions.from_mapping({"polydegree": 2})
     with pytest.raises(ValueError, match="sigma_inflation"):
         BaselineOptions(sigma_inflation=0.0)
+    with pytest.raises(ValueError, match="common_mode"):
+        BaselineOptions(common_mode="yes")
 
 
 def test_baseline_beats_naive_on_synthetic_transits(lcdir, tmp_path):

@@ -36,7 +36,7 @@ from spectramind.bins import (
     airs_bin_edges,
     wavelengths,
 )
-from spectramind.data.adc import FRAME_SHAPE, AIRS
+from spectramind.data.adc import AIRS, FRAME_SHAPE
 
 G_SI = 6.674e-11
 M_SUN = 1.989e30
@@ -124,7 +124,16 @@ class System:
 
     def star_info(self) -> dict[str, float]:
         """The ``star_info.csv`` row without planet_id (column names of adc.STAR_COLUMNS)."""
-        return {"Rs": self.Rs, "Ms": self.Ms, "Ts": self.Ts, "Mp": self.Mp, "e": 0.0, "P": self.P, "sma": self.sma, "i": self.inc}
+        return {
+            "Rs": self.Rs,
+            "Ms": self.Ms,
+            "Ts": self.Ts,
+            "Mp": self.Mp,
+            "e": 0.0,
+            "P": self.P,
+            "sma": self.sma,
+            "i": self.inc,
+        }
 
 
 def transit_duration_h(period_d: float, sma: float, inc_deg: float, rp_rs: float) -> float:
@@ -162,7 +171,11 @@ def draw_system(rng: np.random.Generator) -> System:
         sma = a_kepler * math.exp(0.05 * rng.standard_normal())
         # Density rising toward 90 deg, as in the real set (edge-on orbits transit more often).
         inc = INC_RANGE[0] + (INC_RANGE[1] - INC_RANGE[0]) * rng.uniform() ** 0.6
-        if not (RS_RANGE[0] <= rs <= RS_RANGE[1] and TS_RANGE[0] <= ts <= TS_RANGE[1] and SMA_RANGE[0] <= sma <= SMA_RANGE[1]):
+        if not (
+            RS_RANGE[0] <= rs <= RS_RANGE[1]
+            and TS_RANGE[0] <= ts <= TS_RANGE[1]
+            and SMA_RANGE[0] <= sma <= SMA_RANGE[1]
+        ):
             continue
         if sma * math.cos(math.radians(inc)) >= 1.0 + k - IMPACT_MARGIN:
             continue
@@ -172,7 +185,9 @@ def draw_system(rng: np.random.Generator) -> System:
     else:
         raise RuntimeError(f"no transiting system found in {MAX_ATTEMPTS} draws")
     mp = min(max(math.exp(math.log(0.95) + 1.0 * rng.standard_normal()), MP_RANGE[0]), MP_RANGE[1])
-    brightness = min(max(math.exp(math.log(0.8) + 0.45 * rng.standard_normal()), BRIGHTNESS_RANGE[0]), BRIGHTNESS_RANGE[1])
+    brightness = min(
+        max(math.exp(math.log(0.8) + 0.45 * rng.standard_normal()), BRIGHTNESS_RANGE[0]), BRIGHTNESS_RANGE[1]
+    )
     return System(Rs=rs, Ms=ms, Ts=ts, Mp=mp, P=period, sma=sma, inc=inc, depth=depth, brightness=brightness)
 
 
@@ -182,7 +197,9 @@ def draw_mid_transit_h(rng: np.random.Generator, system: System, visit_h: float)
     lo = max(MID_TRANSIT_H[0], BASELINE_H + half)
     hi = min(MID_TRANSIT_H[1], visit_h - BASELINE_H - half)
     if lo > hi:
-        raise ValueError(f"a {system.duration_h:.2f} h transit leaves no {BASELINE_H} h baseline in a {visit_h} h visit")
+        raise ValueError(
+            f"a {system.duration_h:.2f} h transit leaves no {BASELINE_H} h baseline in a {visit_h} h visit"
+        )
     return float(rng.uniform(lo, hi))
 
 
@@ -225,7 +242,9 @@ def draw_atmosphere(rng: np.random.Generator, system: System) -> Atmosphere:
     # Scattering usually makes the optical deeper than the infrared continuum.
     sign = 1.0 if rng.uniform() < 0.75 else -1.0
     fgs1_offset = sign * rng.uniform(*FGS1_OFFSET_PPM) * 1e-6
-    return Atmosphere(abundances=abundances, rayleigh=rayleigh, cloud=cloud, amplitude=amplitude, fgs1_offset=fgs1_offset)
+    return Atmosphere(
+        abundances=abundances, rayleigh=rayleigh, cloud=cloud, amplitude=amplitude, fgs1_offset=fgs1_offset
+    )
 
 
 def log_opacity(wl_um: np.ndarray, atmosphere: Atmosphere) -> np.ndarray:
@@ -284,16 +303,18 @@ def transit_light_curves(
     t_mid_h: float,
     time_h: np.ndarray,
     exp_time_s: float,
+    bins: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Relative flux of every bin at the given times, averaged over the exposure.
+    """Relative flux of the chosen bins (default all) at the given times, averaged over the exposure.
 
     One batman model is built on the time grid; each bin only changes rp and u, which batman
     recomputes without redoing the orbit. Exposures longer than a minute are supersampled.
-    Shapes: labels (283,) (Rp/Rs)^2, FGS1 first; time_h (T,) -> (283, T).
+    Shapes: labels (283,) (Rp/Rs)^2, FGS1 first; time_h (T,); bins (n,) label indices -> (n, T).
     """
     labels = np.asarray(labels, dtype=np.float64)
     if labels.shape != (N_BINS,):
         raise ValueError(f"labels must have shape ({N_BINS},), got {labels.shape}")
+    bins = np.arange(N_BINS) if bins is None else np.asarray(bins)
     u1, u2 = limb_darkening(wavelengths(), system.Ts)
     params = batman.TransitParams()
     params.t0 = t_mid_h / 24.0
@@ -309,11 +330,11 @@ def transit_light_curves(
     model = batman.TransitModel(
         params, np.asarray(time_h, dtype=np.float64) / 24.0, supersample_factor=supersample, exp_time=exp_time_s / DAY_S
     )
-    out = np.empty((len(labels), len(time_h)))
-    for j, depth in enumerate(labels):
-        params.rp = math.sqrt(depth)
+    out = np.empty((len(bins), len(time_h)))
+    for row, j in enumerate(bins.tolist()):
+        params.rp = math.sqrt(labels[j])
         params.u = [float(u1[j]), float(u2[j])]
-        out[j] = model.light_curve(params)
+        out[row] = model.light_curve(params)
     return out
 
 

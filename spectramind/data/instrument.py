@@ -60,9 +60,9 @@ FGS1_BKG_RADIUS = 12.0
 
 # Sub-pixel samples per pixel and axis on which PSFs meet the intrapixel response.
 SUPERSAMPLE = 8
-# AIRS spatial profile: (flux fraction, row offset, sigma at 1.95 um in rows); the widths grow
-# as lambda^AIRS_WIDTH_POWER (diffraction, softened by the optics' own blur). Core, shoulder, the secondary bump 4-5 rows below, and the far wings seen in
-# the real sample frames.
+# AIRS spatial profile: (flux fraction, row offset, sigma at 1.95 um in rows): core, shoulder,
+# the secondary bump 4-5 rows below and the far wings seen in the real sample frames. The
+# widths grow as lambda^AIRS_WIDTH_POWER (diffraction, softened by the optics' own blur).
 AIRS_PROFILE = ((0.72, 0.0, 0.65), (0.15, 0.3, 1.6), (0.04, 4.6, 0.9), (0.09, 0.0, 9.0))
 AIRS_WIDTH_POWER = 0.7
 AIRS_PROFILE_NODES = 12
@@ -187,7 +187,9 @@ class Detector:
         v = y + b y^2 + 2 b^2 y^3 + 5 b^3 y^4 + 14 b^4 y^5 (Catalan numbers): exact at low
         signal, 42 (b y)^5 relative at high signal (~1e-6 at 40 % of the ADC range)."""
         b = self.nonlinearity
-        linear = np.stack([np.zeros_like(b)] + [c * b ** (k - 1) for k, c in enumerate((1.0, 1.0, 2.0, 5.0, 14.0), start=1)])
+        linear = np.stack(
+            [np.zeros_like(b)] + [c * b ** (k - 1) for k, c in enumerate((1.0, 1.0, 2.0, 5.0, 14.0), start=1)]
+        )
         return CalibrationFrames(dark=self.dark, dead=self.dead, flat=self.flat, linear_corr=linear, read=self.read)
 
 
@@ -270,7 +272,9 @@ def draw_pointing(rng: np.random.Generator, fgs1: ReadPattern, airs: ReadPattern
     # constant beyond the first and last FGS1 pairs so every window lies inside).
     t_ext = np.concatenate([[0.0], t, [VISIT_S]])
     s_ext = np.concatenate([slow[:1], slow, slow[-1:]])
-    integral = np.concatenate([np.zeros((1, 2)), np.cumsum(0.5 * (s_ext[1:] + s_ext[:-1]) * np.diff(t_ext)[:, None], axis=0)])
+    integral = np.concatenate(
+        [np.zeros((1, 2)), np.cumsum(0.5 * (s_ext[1:] + s_ext[:-1]) * np.diff(t_ext)[:, None], axis=0)]
+    )
     windows = airs.read_time_h().reshape(-1, 2) * 3600.0
     at = np.stack([[np.interp(windows[:, k], t_ext, integral[:, a]) for a in range(2)] for k in range(2)])
     mean = ((at[1] - at[0]) / (windows[:, 1] - windows[:, 0])).T
@@ -309,6 +313,8 @@ class Optics:
 
 
 def draw_optics(rng: np.random.Generator, instrument: str) -> Optics:
+    """Trace row or PSF centre near the real ones, a small AIRS trace tilt, and the intrapixel
+    amplitude (4-12 %) of one visit."""
     if instrument == AIRS:
         return Optics(AIRS, (0.0, 15.6 + rng.normal(0.0, 0.15)), rng.uniform(-0.2, 0.2), rng.uniform(0.04, 0.12))
     # The lobes pull the centroid ~0.8 px down: the real centroid sits near (15.3, 15.4).
@@ -446,6 +452,7 @@ def photon_counts(rng: np.random.Generator, mean: np.ndarray, exact_below: float
 
 
 def chunk_pairs(instrument: str) -> int:
+    """CDS pairs rendered at once: about CHUNK_PIXELS pixels, so memory stays bounded at any scale."""
     h, w = FRAME_SHAPE[instrument]
     return max(1, CHUNK_PIXELS // (h * w))
 
@@ -488,8 +495,11 @@ def render_reads(
         short = photon_counts(rng, rate * np.float32(pattern.short_s), exact_below=0.0)
         long = photon_counts(rng, rate * np.float32(pattern.long_s))
         hits = (cosmic.pair >= lo) & (cosmic.pair < hi)
-        for k, pix, q, in_short in zip(cosmic.pair[hits] - lo, cosmic.pixel[hits], cosmic.charge[hits], cosmic.short[hits]):
-            (short if in_short else long)[k, pix] += q
+        for k, pix, q, in_short in zip(
+            cosmic.pair[hits] - lo, cosmic.pixel[hits], cosmic.charge[hits], cosmic.short[hits], strict=True
+        ):
+            # A dead pixel collects no charge, from a cosmic ray either.
+            (short if in_short else long)[k, pix] += q * live[pix]
         reset = np.repeat(RESET_SIGMA * rng.standard_normal((hi - lo, h), dtype=np.float32), w, axis=1)
         first = short + reset + bias
         second = first + long
@@ -518,7 +528,9 @@ class Extracted:
     position_var: np.ndarray
 
 
-def _cds_variance(rate: np.ndarray, flat: np.ndarray, dark: np.ndarray, read: np.ndarray, t: float, gain: float) -> np.ndarray:
+def _cds_variance(
+    rate: np.ndarray, flat: np.ndarray, dark: np.ndarray, read: np.ndarray, t: float, gain: float
+) -> np.ndarray:
     """Variance of a dark-subtracted, flat-fielded CDS pixel, per pair: Poisson charge of star,
     background and dark, two reads of read noise and of ADC rounding, over flat^2.
     Shapes: rate (n, ...) units/s before the flat; flat, dark, read broadcastable -> (n, ...)."""
@@ -561,7 +573,9 @@ def extract_airs(scene: Scene, detector: Detector, pattern: ReadPattern, adc: Ad
         dy_var[lo:hi] = (pix_var[:, ap].sum(axis=2) * (y - dy[lo:hi, None]) ** 2).sum(axis=1) / total**2
     shift = -(scene.offsets[:, 0] - np.median(scene.offsets[:, 0]))
     position = np.stack([shift, dy - np.median(dy)], axis=1)
-    return Extracted(flux=flux, var=var, position=position, position_var=np.stack([np.zeros_like(dy_var), dy_var], axis=1))
+    return Extracted(
+        flux=flux, var=var, position=position, position_var=np.stack([np.zeros_like(dy_var), dy_var], axis=1)
+    )
 
 
 def _fgs1_geometry(ref: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

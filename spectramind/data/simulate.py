@@ -14,7 +14,7 @@ Both levels also write ``test_truth.csv`` (planet_id, wl_1..wl_283) when ``n_tes
 labels of the test planets, which the ADC2025 layout does not have, for scoring.
 
 Reads scale: see :mod:`spectramind.data.instrument` (the visit keeps 7.5 h; F x the real reads,
-each 1/F times longer; read noise x sqrt(1/F); ``adc_info.csv`` gain x F).
+each 1/F times longer; read noise x sqrt(1/F); ``adc_info.csv`` gain x F and offset / F).
 
 Determinism: every planet draws from its own ``SeedSequence(seed, spawn_key=(split, index, ...))``,
 so the files depend on the seed and the options only, never on the number of workers.
@@ -115,7 +115,7 @@ def planet_ids(seed: int, n: int) -> list[int]:
 
 @dataclass(frozen=True)
 class _Visit:
-    """Everything one visit draws apart from the read noise."""
+    """Everything one visit draws apart from the noise (photons, reads, cosmic rays)."""
 
     t_mid_h: float
     patterns: dict[str, instrument.ReadPattern]
@@ -132,13 +132,16 @@ def _draw_visit(rng: np.random.Generator, system: astro.System, labels: np.ndarr
     for inst in adc.INSTRUMENTS:
         pattern = patterns[inst]
         time_h = pattern.pair_time_h()
-        transit = astro.transit_light_curves(system, labels, t_mid, time_h, pattern.long_s)
         drift = instrument.draw_gain_drift(rng, time_h)
         if inst == adc.AIRS:
+            # Columns beyond the labelled range follow the nearest edge bin.
+            columns = astro.airs_column_bins()
+            transit = astro.transit_light_curves(system, labels, t_mid, time_h, pattern.long_s, np.unique(columns))
             source = astro.airs_column_rates(system)
-            modulation = transit[astro.airs_column_bins()].T * drift[:, None]
+            modulation = transit[columns - 1].T * drift[:, None]
             offsets = pointing.airs
         else:
+            transit = astro.transit_light_curves(system, labels, t_mid, time_h, pattern.long_s, np.array([0]))
             source = np.asarray(astro.fgs1_rate(system))
             modulation = transit[0] * drift
             offsets = pointing.fgs1
@@ -155,10 +158,14 @@ def _write_raw_visit(rng: np.random.Generator, job: PlanetJob, visit: int, v: _V
         cosmic = instrument.draw_cosmic_rays(rng, pattern)
         reads = instrument.render_reads(rng, v.scenes[inst], v.detectors[inst], pattern, info, cosmic)
         adc.write_signal(adc.signal_path(root, job.split, job.planet_id, visit, inst), reads)
-        adc.write_calibration(adc.calibration_dir(root, job.split, job.planet_id, visit, inst), v.detectors[inst].calibration())
+        adc.write_calibration(
+            adc.calibration_dir(root, job.split, job.planet_id, visit, inst), v.detectors[inst].calibration()
+        )
 
 
-def _binned(rng: np.random.Generator, ex: instrument.Extracted, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _binned(
+    rng: np.random.Generator, ex: instrument.Extracted, factor: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bin per-pair extractions and add the noise of the binned values (as the calibrator's
     error model: sqrt(mean var / factor)). Shapes: -> flux, err (T, k), position (T, 2)."""
     err = np.sqrt(bin_mean(ex.var, factor) / factor)
@@ -228,8 +235,10 @@ def _jobs(out: Path, options: SimulateOptions, binning: Binning) -> list[PlanetJ
     splits = ["train"] * options.n_planets + ["test"] * options.n_test
     index = list(range(options.n_planets)) + list(range(options.n_test))
     return [
-        PlanetJob(str(out), split, i, pid, 2 if second else 1, options.seed, options.reads_scale, options.level, binning)
-        for split, i, pid, second in zip(splits, index, ids, two.tolist())
+        PlanetJob(
+            str(out), split, i, pid, 2 if second else 1, options.seed, options.reads_scale, options.level, binning
+        )
+        for split, i, pid, second in zip(splits, index, ids, two.tolist(), strict=True)
     ]
 
 
@@ -241,7 +250,9 @@ def _labels_table(truths: list[PlanetTruth]) -> pd.DataFrame:
 
 
 def _star_table(truths: list[PlanetTruth]) -> pd.DataFrame:
-    return pd.DataFrame([{"planet_id": t.planet_id, **t.system.star_info()} for t in truths], columns=list(adc.STAR_COLUMNS))
+    return pd.DataFrame(
+        [{"planet_id": t.planet_id, **t.system.star_info()} for t in truths], columns=list(adc.STAR_COLUMNS)
+    )
 
 
 def simulate_dataset(
@@ -261,22 +272,21 @@ def simulate_dataset(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"simulate output {out} must be absent or an empty directory")
     out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([wavelengths()], columns=list(adc.WL_COLUMNS)).to_csv(out / "wavelengths.csv", index=False)
+    if options.level == "raw":
+        adc.write_adc_info(out, instrument.adc_info(options.reads_scale))
+        adc.write_axis_info(out, instrument.axis_info(options.reads_scale))
     jobs = _jobs(out, options, binning)
     summary = run_planets(simulate_planet, jobs, task=f"simulate ({options.level})", workers=workers, progress=progress)
     truths: list[PlanetTruth] = summary.results
     by_split = {split: [t for t in truths if t.split == split] for split in adc.SPLITS}
 
-    pd.DataFrame([wavelengths()], columns=list(adc.WL_COLUMNS)).to_csv(out / "wavelengths.csv", index=False)
     _star_table(by_split["train"]).to_csv(out / "train_star_info.csv", index=False)
     _labels_table(by_split["train"]).to_csv(out / "train.csv", index=False)
     if options.n_test:
         _star_table(by_split["test"]).to_csv(out / "test_star_info.csv", index=False)
         _labels_table(by_split["test"]).to_csv(out / "test_truth.csv", index=False)
-    if options.level == "raw":
-        adc.write_adc_info(out, instrument.adc_info(options.reads_scale))
-        adc.write_axis_info(out, instrument.axis_info(options.reads_scale))
-    else:
+    if options.level == "lightcurves":
         source = f"simulate {asdict(options)}"
         write_index(out, binning, source, {split: [t.planet_id for t in by_split[split]] for split in adc.SPLITS})
     return summary
-
