@@ -55,7 +55,7 @@ def _finish(summary: RunSummary, out_dir: Path | None) -> int:
     summary.report()
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        summary.write(out_dir / f"{summary.task}_summary.json")
+        summary.write(out_dir / f"{summary.task.split()[0]}_summary.json")
     if not summary.results:
         console.print(f"[red]{summary.task}: nothing succeeded[/]")
         return 1

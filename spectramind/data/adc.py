@@ -90,36 +90,46 @@ def read_signal(path: Path, instrument: str, planet_id: int | None = None, visit
     if not path.is_file():
         raise PlanetDataError(planet_id, path, "file is missing", visit)
     try:
-        table = pq.read_table(path)
+        pfile = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise PlanetDataError(planet_id, path, f"cannot read parquet: {exc}", visit) from exc
     h, w = FRAME_SHAPE[instrument]
-    if table.num_columns != h * w:
-        raise PlanetDataError(
-            planet_id, path, f"{instrument} frames must have {h * w} columns ({h}x{w}), got {table.num_columns}", visit
-        )
-    if table.num_rows == 0 or table.num_rows % 2:
-        raise PlanetDataError(
-            planet_id, path, f"need a positive even number of reads (CDS pairs), got {table.num_rows}", visit
-        )
-    frames = np.empty((table.num_rows, h * w), dtype=np.uint16)
-    for k, col in enumerate(table.columns):
-        arr = col.to_numpy()
-        if arr.dtype != np.uint16:
-            if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > 65535:
-                raise PlanetDataError(planet_id, path, f"column {table.column_names[k]} is {arr.dtype}, expected uint16", visit)
-        frames[:, k] = arr
+    n_cols, n_rows = pfile.metadata.num_columns, pfile.metadata.num_rows
+    if n_cols != h * w:
+        raise PlanetDataError(planet_id, path, f"{instrument} frames must have {h * w} columns ({h}x{w}), got {n_cols}", visit)
+    if n_rows == 0 or n_rows % 2:
+        raise PlanetDataError(planet_id, path, f"need a positive even number of reads (CDS pairs), got {n_rows}", visit)
+    frames = np.empty((n_rows, h * w), dtype=np.uint16)
+    row = 0
+    try:
+        # Row batches bound the transient memory of a full-size visit to one batch beside the output.
+        for batch in pfile.iter_batches(batch_size=1024):
+            for k, col in enumerate(batch.columns):
+                arr = col.to_numpy(zero_copy_only=False)
+                if arr.dtype != np.uint16 and (
+                    not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > 65535
+                ):
+                    raise PlanetDataError(
+                        planet_id, path, f"column {batch.schema.names[k]} is {arr.dtype}, expected uint16", visit
+                    )
+                frames[row : row + batch.num_rows, k] = arr
+            row += batch.num_rows
+    except PlanetDataError:
+        raise
+    except Exception as exc:
+        raise PlanetDataError(planet_id, path, f"cannot read parquet: {exc}", visit) from exc
     return frames.reshape(-1, h, w)
 
 
 def write_signal(path: Path, frames: np.ndarray) -> None:
     """Write uint16 reads (n_reads, 32, W) as one read a row, columns ``column_0..``."""
-    frames = np.ascontiguousarray(frames, dtype=np.uint16)
-    flat = frames.reshape(frames.shape[0], -1)
-    cols = [pa.array(flat[:, k]) for k in range(flat.shape[1])]
-    table = pa.Table.from_arrays(cols, names=[f"column_{k}" for k in range(flat.shape[1])])
+    frames = np.asarray(frames, dtype=np.uint16)
+    # One contiguous row per pixel column: building 11,392 arrow columns from strided views is 8x slower.
+    by_column = np.ascontiguousarray(frames.reshape(frames.shape[0], -1).T)
+    cols = [pa.array(by_column[k]) for k in range(by_column.shape[0])]
+    table = pa.Table.from_arrays(cols, names=[f"column_{k}" for k in range(by_column.shape[0])])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd", use_dictionary=False, write_statistics=False)
+    pq.write_table(table, path, compression="snappy", use_dictionary=False, write_statistics=False)
 
 
 # ---------------------------------------------------------------- calibration files
@@ -174,8 +184,12 @@ def read_calibration(cal_dir: Path, instrument: str, planet_id: int | None = Non
 
 
 def _write_frame_table(path: Path, values: np.ndarray) -> None:
-    df = pd.DataFrame(values, columns=[f"column_{k}" for k in range(values.shape[1])])
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="zstd")
+    by_column = np.ascontiguousarray(values.T)
+    table = pa.Table.from_arrays(
+        [pa.array(by_column[k]) for k in range(by_column.shape[0])],
+        names=[f"column_{k}" for k in range(by_column.shape[0])],
+    )
+    pq.write_table(table, path, compression="zstd")
 
 
 def write_calibration(cal_dir: Path, cal: CalibrationFrames) -> None:
