@@ -22,10 +22,10 @@ c. Per-bin depths. Every bin solves ``flux = P(t) * (1 - depth * s(t)) + regress
    fitted across all bins.
 d. Sigma. The standard error of the depth scaled by the empirical residual chi^2 (not only
    the tabulated errors), times a correlated-noise factor (a Bartlett-weighted sandwich
-   estimate from the residual autocovariance), times ``sigma_inflation``. Smoothing across
-   AIRS neighbours (``smooth_bins``) turns the independent part into the noise of the
-   weighted mean plus the estimated smoothing bias; the error all AIRS bins share through
-   the white-light depth, and a floor, are added in quadrature afterwards.
+   estimate from the residual autocovariance). Smoothing across AIRS neighbours
+   (``smooth_bins``) turns the independent part into the noise of the weighted mean plus the
+   estimated smoothing bias; the error all AIRS bins share through the white-light depth, and
+   a floor, are added in quadrature afterwards; the total is scaled by ``sigma_inflation``.
 e. Visits of a planet combine by inverse variance; depths are clipped at 0 (sigma kept),
    because the ADC2025 metric refuses negative values.
 """
@@ -58,7 +58,7 @@ class BaselineOptions:
     """Options of the physics baseline; the fields are exactly the keys of ``configs/data/baseline.yaml``."""
 
     poly_degree: int = 2
-    sigma_inflation: float = 1.0
+    sigma_inflation: float = 0.8
     limb_darkening_airs: tuple[float, float] = (0.15, 0.18)
     limb_darkening_fgs1: tuple[float, float] = (0.40, 0.22)
     fit_limb_darkening: int = 2
@@ -755,12 +755,12 @@ def _visit_depths(lc: LightCurves, star: pd.Series | Mapping | None, opt: Baseli
         s_airs[~good] = math.hypot(float(_robust_std(fa.depth)), float(np.median(s_airs[good])))
 
     mu = np.concatenate([fgs.depth, d_airs])
-    sigma = np.concatenate([[sigma_f], s_airs]) * opt.sigma_inflation
+    sigma = np.concatenate([[sigma_f], s_airs])
     # A white-light depth error (shape parameters, transit-aligned correlated noise) moves
     # every AIRS bin in proportion to its depth. FGS1 has its own shape fit, already in its sigma.
     common_sigma = np.zeros(N_BINS)
     if white.depth_airs > 0:
-        common_sigma[1:] = np.abs(d_airs) / white.depth_airs * white.depth_airs_sigma * opt.sigma_inflation
+        common_sigma[1:] = np.abs(d_airs) / white.depth_airs * white.depth_airs_sigma
     finite = np.isfinite(mu).all() and np.isfinite(sigma).all() and np.isfinite(common_sigma).all()
     if not (finite and (sigma > 0).all()):
         raise PlanetDataError(lc.planet_id, None, "baseline fit produced non-finite depths or sigma", lc.visit)
@@ -791,7 +791,8 @@ def _finish(v: _VisitDepths, opt: BaselineOptions) -> tuple[np.ndarray, np.ndarr
     floor = np.full(N_BINS, opt.sigma_floor_ppm_airs * 1e-6)
     floor[0] = opt.sigma_floor_ppm_fgs1 * 1e-6
     stat = np.concatenate([v.sigma_stat[:1], s_airs])
-    return mu, np.sqrt(stat**2 + v.sigma_common**2 + floor**2)
+    # The inflation comes last so it is a pure scale: the smoothing's bias estimate depends on sigma.
+    return mu, opt.sigma_inflation * np.sqrt(stat**2 + v.sigma_common**2 + floor**2)
 
 
 def fit_visit(

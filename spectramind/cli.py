@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -119,6 +120,9 @@ def cmd_demo(args: argparse.Namespace, cfg: DictConfig) -> int:
 
     out = Path(args.out)
     raw, lcdir, sub = out / "raw", out / "lightcurves", out / "submission.csv"
+    # The demo owns its folder: a rerun starts from scratch instead of mixing in old planets.
+    for stale in (raw, lcdir):
+        shutil.rmtree(stale, ignore_errors=True)
     binning = _binning(cfg)
     sim = _options(SimulateOptions, cfg.data.simulate, n_planets=args.n_planets, seed=args.seed, level="raw")
     steps: list[tuple[str, Callable[[], RunSummary], Path]] = [
@@ -234,5 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = compose(overrides)
         return int(args.func(args, cfg))
     except (UsageError, ValueError, PlanetDataError, StrictFailure, FileNotFoundError) as exc:
+        if args.verbose:
+            raise
         console.print(f"[red]error:[/] {exc}", soft_wrap=True)
         return 2
