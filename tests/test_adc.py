@@ -89,3 +89,28 @@ def test_labels_missing_column_named(tmp_path):
     df.to_csv(tmp_path / "train.csv", index=False)
     with pytest.raises(PlanetDataError, match="wl_283"):
         adc.read_labels(tmp_path / "train.csv")
+
+
+def test_axis_info_rejects_inner_gaps(tmp_path):
+    axis = adc.AxisInfo(
+        airs_time_h=np.arange(4.0),
+        airs_integration_s=np.array([0.1, 4.5, 0.1, 4.5]),
+        fgs1_time_h=np.arange(8.0),
+        airs_column_um=np.linspace(4, 1.6, 356),
+    )
+    adc.write_axis_info(tmp_path, axis)
+    back = adc.read_axis_info(tmp_path)
+    assert len(back.airs_time_h) == 4 and len(back.fgs1_time_h) == 8 and len(back.airs_column_um) == 356
+    df = pd.read_parquet(tmp_path / "axis_info.parquet")
+    df.loc[1, "FGS1-axis0-h"] = np.nan
+    df.to_parquet(tmp_path / "axis_info.parquet", index=False)
+    with pytest.raises(PlanetDataError, match="FGS1-axis0-h has NaN before its last value"):
+        adc.read_axis_info(tmp_path)
+
+
+def test_adc_info_rejects_bad_gain(tmp_path):
+    pd.DataFrame([{"FGS1_adc_offset": -1000, "FGS1_adc_gain": 0.0, "AIRS-CH0_adc_offset": -1000, "AIRS-CH0_adc_gain": 0.4}]).to_csv(
+        tmp_path / "adc_info.csv", index=False
+    )
+    with pytest.raises(PlanetDataError, match="adc_info.csv: FGS1_adc_gain must be a positive number"):
+        adc.read_adc_info(tmp_path)

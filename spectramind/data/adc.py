@@ -234,8 +234,10 @@ def read_adc_info(root: Path) -> AdcInfo:
             if col not in df.columns:
                 raise PlanetDataError(None, path, f"column {col} is missing")
             store[inst] = float(df[col].iloc[0])
-        if not gain[inst] > 0:
-            raise PlanetDataError(None, path, f"{inst}_adc_gain must be positive, got {gain[inst]}")
+        if not (np.isfinite(gain[inst]) and gain[inst] > 0):
+            raise PlanetDataError(None, path, f"{inst}_adc_gain must be a positive number, got {gain[inst]}")
+        if not np.isfinite(offset[inst]):
+            raise PlanetDataError(None, path, f"{inst}_adc_offset must be finite, got {offset[inst]}")
     return AdcInfo(gain=gain, offset=offset)
 
 
@@ -269,7 +271,14 @@ def read_axis_info(root: Path) -> AxisInfo:
     for col in AXIS_COLUMNS:
         if col not in df.columns:
             raise PlanetDataError(None, path, f"column {col} is missing")
-    col = lambda c: df[c].dropna().to_numpy(dtype=np.float64)  # noqa: E731
+    def col(name: str) -> np.ndarray:
+        values = df[name].to_numpy(dtype=np.float64)
+        n = int(np.isfinite(values).sum())
+        # NaN may only pad the end of a shorter column; a gap inside would shift every later read.
+        if not np.isfinite(values[:n]).all():
+            raise PlanetDataError(None, path, f"column {name} has NaN before its last value")
+        return values[:n]
+
     return AxisInfo(
         airs_time_h=col("AIRS-CH0-axis0-h"),
         airs_integration_s=col("AIRS-CH0-integration_time"),
