@@ -437,7 +437,7 @@ def test_non_finite_adc_constants_name_adc_info(synth: Path, tmp_path: Path) -> 
     _write_top(root, [CLEAN])
     _copy_planet(synth, root, CLEAN, CLEAN)
     adc.write_adc_info(root, adc.AdcInfo(gain=ADC_INFO.gain, offset={**ADC_INFO.offset, adc.AIRS: float("nan")}))
-    with pytest.raises(PlanetDataError, match=rf"planet {CLEAN} \(visit 0\): .*adc_info.csv: AIRS-CH0 gain and offset"):
+    with pytest.raises(PlanetDataError, match=rf"planet {CLEAN} \(visit 0\): .*adc_info.csv: AIRS-CH0_adc_offset must be finite"):
         calibrate_visit(root, "train", CLEAN, 0, CalibrateOptions(), BINNING)
 
 
