@@ -15,19 +15,22 @@ from spectramind.data import astro
 from spectramind.data.lightcurves import Binning, LightCurves, visit_path
 from spectramind.data.simulate import SimulateOptions, simulate_dataset
 
-# Few reads keep it fast; the noise per unit time stays that of the real instrument.
-SIM = SimulateOptions(n_planets=3, seed=11, reads_scale=0.005, level="raw")
+# Few reads keep it fast; the noise per unit time stays that of the real instrument. Seed 13
+# gives a training planet observed twice and a test planet, so both splits and visits run.
+SIM = SimulateOptions(n_planets=3, seed=13, reads_scale=0.005, level="raw", n_test=1, two_visit_fraction=0.3)
 BINNING = Binning()
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("pipeline")
-    raw, lcdir, sub = base / "raw", base / "lc", base / "sub.csv"
+    raw, lcdir, sub, sub_test = base / "raw", base / "lc", base / "sub.csv", base / "sub_test.csv"
     truths = simulate_dataset(raw, SIM, binning=BINNING, workers=1, progress=False).results
+    assert sorted({(t.split, len(t.transit_mid_h)) for t in truths}) == [("test", 1), ("train", 1), ("train", 2)]
     assert main(["calibrate", "--data", str(raw), "--out", str(lcdir), "--workers", "1"]) == 0
-    assert main(["baseline", "--data", str(lcdir), "--out", str(sub), "--workers", "1"]) == 0
-    return {"base": base, "raw": raw, "lcdir": lcdir, "sub": sub, "truths": truths}
+    assert main(["baseline", "--data", str(lcdir), "--out", str(sub), "--splits", "train", "--workers", "1"]) == 0
+    assert main(["baseline", "--data", str(lcdir), "--out", str(sub_test), "--splits", "test", "--workers", "1"]) == 0
+    return {"base": base, "raw": raw, "lcdir": lcdir, "sub": sub, "sub_test": sub_test, "truths": truths}
 
 
 def _white_depth(t, flux, err, t_mid, half):
@@ -40,9 +43,10 @@ def _white_depth(t, flux, err, t_mid, half):
 
 
 def test_calibrate_recovers_the_injected_white_light_depth(pipeline):
-    for truth in pipeline["truths"]:
-        lc = LightCurves.load(visit_path(pipeline["lcdir"], "train", truth.planet_id, 0))
-        t_mid, half = truth.transit_mid_h[0], truth.system.duration_h / 2
+    visits = [(truth, k) for truth in pipeline["truths"] for k in range(len(truth.transit_mid_h))]
+    for truth, k in visits:
+        lc = LightCurves.load(visit_path(pipeline["lcdir"], truth.split, truth.planet_id, k))
+        t_mid, half = truth.transit_mid_h[k], truth.system.duration_h / 2
         # FGS1, and the AIRS white light (sum of the 282 bins).
         for t, flux, err, bins, exp_s in (
             (lc.fgs1_time_h, lc.fgs1_flux.astype(float), lc.fgs1_err.astype(float), np.array([0]), BINNING.fgs1_seconds),
@@ -73,6 +77,16 @@ def test_baseline_beats_the_naive_prediction(pipeline, capsys):
     assert 0.5 < report["coverage_90"] <= 1.0
 
 
+def test_the_test_split_is_predicted_and_scored(pipeline, capsys):
+    capsys.readouterr()
+    truth = pipeline["raw"] / "test_truth.csv"
+    assert main(["score", "--truth", str(truth), "--submission", str(pipeline["sub_test"])]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_planets"] == SIM.n_test
+    # One planet: the naive std is that planet's own spread, so only a sane value is asserted.
+    assert 0.0 <= report["score"] <= 1.0 and report["rmse_ppm"] < 1000
+
+
 def test_score_reports_a_negative_submission_value(pipeline, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     text = pipeline["sub"].read_text().splitlines()
@@ -87,15 +101,19 @@ def test_score_reports_a_negative_submission_value(pipeline, tmp_path, capsys):
 def test_a_bad_planet_is_skipped_and_named_unless_strict(pipeline, tmp_path, capsys):
     raw = tmp_path / "raw"
     shutil.copytree(pipeline["raw"], raw)
-    victim = pipeline["truths"][1].planet_id
+    victim = next(t.planet_id for t in pipeline["truths"] if len(t.transit_mid_h) == 2)
     (raw / "train" / str(victim) / "AIRS-CH0_calibration_0" / "dark.parquet").unlink()
     capsys.readouterr()
     assert main(["calibrate", "--data", str(raw), "--out", str(tmp_path / "lc"), "--workers", "1"]) == 0
     err = capsys.readouterr().err
     assert f"planet {victim}" in err and "dark.parquet" in err and "1 skipped" in err
     summary = json.loads((tmp_path / "lc" / "calibrate_summary.json").read_text())
-    assert len(summary["skipped"]) == 1 and summary["ok"] == SIM.n_planets - 1
-    assert not (tmp_path / "lc" / "train" / str(victim)).exists()
+    n_visits = sum(len(t.transit_mid_h) for t in pipeline["truths"])
+    assert len(summary["skipped"]) == 1 and summary["ok"] == n_visits - 1
+    # Only the bad visit is lost: this planet's second visit is still calibrated and listed.
+    assert not visit_path(tmp_path / "lc", "train", victim, 0).exists()
+    assert visit_path(tmp_path / "lc", "train", victim, 1).exists()
+    assert victim in json.loads((tmp_path / "lc" / "lightcurves.json").read_text())["planets"]["train"]
 
     status = main(["calibrate", "--data", str(raw), "--out", str(tmp_path / "lc2"), "--workers", "1", "--strict"])
     assert status == 2

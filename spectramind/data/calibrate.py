@@ -645,8 +645,8 @@ def calibrate_dataset(
 
     Copies ``{split}_star_info.csv`` and ``wavelengths.csv`` (required), ``train.csv`` and
     ``test_truth.csv`` (when present), and writes ``lightcurves.json`` listing, per split, the
-    planets whose every visit was written. A bad visit is skipped and listed in the summary
-    (``strict`` raises instead). Raises PlanetDataError naming the folder when it holds no
+    planets with at least one visit written. A bad visit is skipped and listed in the summary
+    (``strict`` raises instead); the planet's other visits are kept. Raises PlanetDataError naming the folder when it holds no
     planet, or the file when a required top-level file is missing.
     """
     data, out = Path(data), Path(out)
@@ -671,13 +671,8 @@ def calibrate_dataset(
 
     worker = functools.partial(_calibrate_item, data, out, options, binning)
     summary = run_planets(worker, items, task="calibrate", workers=workers, strict=strict, progress=progress)
+    # A planet's good visits are kept when another of its visits is bad: nothing else is lost.
     written = set(summary.results)
-    planets = {
-        split: sorted(
-            {pid for s, pid, _ in items if s == split}
-            - {pid for s, pid, v in items if s == split and (s, pid, v) not in written}
-        )
-        for split in splits
-    }
+    planets = {split: sorted({pid for s, pid, _ in written if s == split}) for split in splits}
     write_index(out, binning, str(data), planets)
     return summary
