@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +26,13 @@ from spectramind.data.calibrate import CalibrateOptions, calibrate_dataset
 from spectramind.data.lightcurves import Binning
 from spectramind.data.simulate import SimulateOptions, simulate_dataset
 from spectramind.metric import score_files
+
+
+def peak_rss_mb() -> float:
+    """Largest resident set so far of this process and of its finished workers (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, workers) / 1024
 
 
 def du(path: Path) -> int:
@@ -57,7 +65,7 @@ def main() -> None:
         summary = fn()
         dt = time.perf_counter() - t0
         ok = len(summary.results) if summary is not None else args.n_planets
-        rows.append((name, dt, ok / dt if dt > 0 else float("inf"), du(size_of) if size_of else 0, ok))
+        rows.append((name, dt, ok / dt if dt > 0 else float("inf"), du(size_of) if size_of else 0, ok, peak_rss_mb()))
 
     stage("simulate (raw)", lambda: simulate_dataset(raw, sim, binning=binning, workers=args.workers, progress=False), raw)
     stage(
@@ -76,18 +84,18 @@ def main() -> None:
     )
     t0 = time.perf_counter()
     report = score_files(raw / "train.csv", sub)
-    rows.append(("score", time.perf_counter() - t0, float("nan"), 0, report.n_planets))
+    rows.append(("score", time.perf_counter() - t0, float("nan"), 0, report.n_planets, peak_rss_mb()))
 
     console = Console()
     table = Table(
         title=f"data path, {args.n_planets} planets, reads_scale {sim.reads_scale}, {args.workers} workers, "
         f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"
     )
-    for col in ("stage", "wall s", "planets/s", "MB written", "planets ok"):
+    for col in ("stage", "wall s", "planets/s", "MB written", "planets ok", "peak RSS MB so far"):
         table.add_column(col, justify="right")
-    for name, dt, rate, size, ok in rows:
-        table.add_row(name, f"{dt:.1f}", f"{rate:.2f}", f"{size / 1e6:.0f}" if size else "-", str(ok))
-    table.add_row("total", f"{sum(r[1] for r in rows):.1f}", "", "", "")
+    for name, dt, rate, size, ok, rss in rows:
+        table.add_row(name, f"{dt:.1f}", f"{rate:.2f}", f"{size / 1e6:.0f}" if size else "-", str(ok), f"{rss:.0f}")
+    table.add_row("total", f"{sum(r[1] for r in rows):.1f}", "", "", "", "")
     console.print(table)
 
     s = Table(title="baseline, ADC2025 metric")
