@@ -63,8 +63,9 @@ class BaselineOptions:
     limb_darkening_fgs1: tuple[float, float] = (0.40, 0.22)
     fit_limb_darkening: int = 2
     limb_darkening_prior: float = 0.2
-    fit_inclination: bool = True
-    fit_sma: bool = True
+    fit_inclination: bool = False
+    fit_sma: bool = False
+    geometry_prior: float = 0.05
     supersample: int = 5
     decorrelate_degree: int = 2
     common_mode: bool = True
@@ -96,6 +97,7 @@ class BaselineOptions:
             "limb_darkening_fgs1": len(self.limb_darkening_fgs1) == 2,
             "fit_limb_darkening": int(self.fit_limb_darkening) in (0, 1, 2),
             "limb_darkening_prior": float(self.limb_darkening_prior) >= 0,
+            "geometry_prior": float(self.geometry_prior) >= 0,
             "supersample": int(self.supersample) >= 1,
             "decorrelate_degree": 0 <= int(self.decorrelate_degree) <= 2,
             "clip_sigma": float(self.clip_sigma) > 0,
@@ -424,6 +426,10 @@ def _fit_white(
     # Rp/Rs (grazing or shallow transits); well-measured transits override it.
     u_start = np.asarray(list(opt.limb_darkening_airs[:n_ld]) + list(opt.limb_darkening_fgs1[:n_ld]))
     n_u = len(u_start) if opt.limb_darkening_prior > 0 else 0
+    # Star info's geometry as a Gaussian prior: without it a grazing transit trades impact
+    # parameter against Rp/Rs freely and the depth can run off by a factor of several.
+    geo = opt.geometry_prior if used_star else 0.0
+    n_geo = (int(fit_b) + int(fit_a)) if geo > 0 else 0
 
     def resid(x: np.ndarray) -> np.ndarray:
         t0, ra, rf, b, a, ua, uf = unpack(x)
@@ -432,7 +438,10 @@ def _fit_white(
         r_a = _varpro_resid(wa, m_a, va, xa, sa, keep_a)
         r_f = _varpro_resid(ff, m_f, vf, xf, sf, keep_f)
         prior = (x[len(x) - 2 * n_ld :] - u_start) / opt.limb_darkening_prior if n_u else np.zeros(0)
-        return np.concatenate([(r_a / sa)[keep_a], (r_f / sf)[keep_f], prior])
+        geo_prior = []
+        if n_geo:
+            geo_prior = ([(b - b0) / geo] if fit_b else []) + ([(a - sma0) / (geo * sma0)] if fit_a else [])
+        return np.concatenate([(r_a / sa)[keep_a], (r_f / sf)[keep_f], prior, geo_prior])
 
     sol = least_squares(resid, x0, bounds=(lo, hi), diff_step=1e-6, x_scale="jac", max_nfev=200)
     # One pass of outlier rejection (cosmic rays, glitches), then a refit from the solution.
@@ -443,7 +452,7 @@ def _fit_white(
     sol = least_squares(resid, sol.x, bounds=(lo, hi), diff_step=1e-6, x_scale="jac", max_nfev=200)
 
     t0, ra, rf, b, a, ua, uf = unpack(sol.x)
-    data = sol.fun[: len(sol.fun) - n_u]
+    data = sol.fun[: len(sol.fun) - n_u - n_geo]
     dof = max(1, len(data) - len(sol.x))
     chi2 = float(data @ data) / dof
     cov = np.linalg.pinv(sol.jac.T @ sol.jac) * max(chi2, 1e-12)

@@ -151,6 +151,23 @@ def test_white_light_depth_within_three_sigma(lcdir):
         assert abs(fit.inc - stars.loc[pid, "i"]) < 2.0
 
 
+def test_geometry_knobs_take_or_fit_the_star_info(lcdir):
+    root, _, lcs = lcdir
+    stars = pd.read_csv(root / "train_star_info.csv").set_index("planet_id")
+    pid, lc = next(iter(lcs.items()))
+    star = stars.loc[pid].copy()
+    star["i"] = math.degrees(math.acos(min(1.0, (star["sma"] * math.cos(math.radians(star["i"])) + 0.3) / star["sma"])))
+    # Taken from star info (the default): the fit keeps the given, here wrong, inclination.
+    taken = fit_white_light(lc, star, BaselineOptions())
+    assert taken.inc == pytest.approx(star["i"], abs=1e-6)
+    # Fitted with a loose prior: the light curve pulls the impact parameter back toward the truth.
+    free = fit_white_light(lc, star, BaselineOptions(fit_inclination=True, geometry_prior=1.0))
+    assert abs(free.inc - stars.loc[pid, "i"]) < abs(taken.inc - stars.loc[pid, "i"])
+    # A tight prior holds it at star info even when fitted.
+    tight = fit_white_light(lc, star, BaselineOptions(fit_inclination=True, geometry_prior=1e-4))
+    assert tight.inc == pytest.approx(star["i"], abs=0.05)
+
+
 def test_gradient_fallback_without_star_info(lcdir):
     _, labels, lcs = lcdir
     pid, lc = next(iter(lcs.items()))
