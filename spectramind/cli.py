@@ -23,6 +23,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 from rich.logging import RichHandler
 
 from spectramind.config import compose, split_overrides
@@ -151,6 +152,31 @@ def cmd_demo(args: argparse.Namespace, cfg: DictConfig) -> int:
     return 0
 
 
+def cmd_model_summary(args: argparse.Namespace, cfg: DictConfig) -> int:
+    """Build every model preset (with the command's overrides) and print its parameter count."""
+    from rich.table import Table
+
+    from spectramind.config import compose
+    from spectramind.model.v50 import SpectraMindV50, model_config_from
+
+    table = Table(title="SpectraMind V50 presets")
+    for col in ("preset", "parameters", "fgs1 d_model x layers", "gnn backend x layers", "fusion"):
+        table.add_column(col, justify="right")
+    for preset in args.presets:
+        pcfg = compose([*args.overrides, f"model={preset}"])
+        model = SpectraMindV50(model_config_from(pcfg))
+        enc = pcfg.model.encoders
+        table.add_row(
+            preset,
+            f"{model.parameter_count():,}",
+            f"{enc.fgs1_mamba.d_model} x {enc.fgs1_mamba.n_layers}",
+            f"{enc.airs_gnn.backend} x {enc.airs_gnn.n_layers}",
+            str(pcfg.model.fusion.kind),
+        )
+    Console().print(table)
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, cfg: DictConfig) -> int:
     print(OmegaConf.to_yaml(cfg), end="")
     return 0
@@ -219,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, strict=False)
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("model-summary", help="parameter count of every model preset")
+    p.add_argument("--presets", nargs="+", default=["small", "medium", "base", "large"])
+    p.set_defaults(func=cmd_model_summary)
+
     p = sub.add_parser("config", help="print the composed configuration")
     p.set_defaults(func=cmd_config)
     return parser
@@ -229,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides, rest = split_overrides(argv)
     parser = build_parser()
     args = parser.parse_args(rest)
+    args.overrides = overrides
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
