@@ -152,6 +152,18 @@ def cmd_demo(args: argparse.Namespace, cfg: DictConfig) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace, cfg: DictConfig) -> int:
+    """Attention, node importance and SHAP exports of one planet, as configs/model/explainability.yaml asks."""
+    from spectramind.model.explain import explain_from_checkpoint
+
+    written = explain_from_checkpoint(
+        Path(args.ckpt), Path(args.data), args.planet, cfg, out_dir=Path(args.out) if args.out else None
+    )
+    for name, path in written.items():
+        console.print(f"{name}: {path}")
+    return 0
+
+
 def cmd_model_summary(args: argparse.Namespace, cfg: DictConfig) -> int:
     """Build every model preset (with the command's overrides) and print its parameter count."""
     from rich.table import Table
@@ -244,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     common(p, strict=False)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("explain", help="attention / node importance / SHAP exports for one planet")
+    p.add_argument("--ckpt", required=True, help="checkpoint (best.pt)")
+    p.add_argument("--data", required=True, help="light-curve directory")
+    p.add_argument("--planet", required=True, type=int, help="planet id")
+    p.add_argument("--out", default=None, help="default: explainability.export_dir/<planet>")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("model-summary", help="parameter count of every model preset")
     p.add_argument("--presets", nargs="+", default=["small", "medium", "base", "large"])
