@@ -369,3 +369,16 @@ def test_chunk_plans_cover_the_sequence():
         width, chunks, chunk_len = ops._scan_plan(batch, d_inner, d_state, length)
         assert 1 <= width <= d_inner and chunks >= 1 and 1 <= chunk_len <= 16
         assert batch * d_state * width * chunks <= max(ops._OP_ELEMENTS, batch * d_state * ops._MIN_CHUNKS)
+
+
+def test_importing_the_package_registers_both_ops():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, spectramind; "
+        "print(torch.ops.spectramind.selective_scan.default.name(), torch.ops.spectramind.gat_attention.default.name())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "spectramind::selective_scan" in done.stdout and "spectramind::gat_attention" in done.stdout
