@@ -33,7 +33,7 @@ e. Visits of a planet combine by inverse variance; depths are clipped at 0 (sigm
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,6 +48,7 @@ from spectramind.data.errors import PlanetDataError
 from spectramind.data.lightcurves import LightCurves, list_lightcurves, running_mean
 from spectramind.data.runner import RunSummary, run_planets
 from spectramind.metric import write_submission
+from spectramind.options import check_rules, coerce_fields, options_from
 
 _MAD_TO_SIGMA = 1.4826
 _B_MAX = 1.3  # impact parameters beyond 1 + Rp/Rs do not transit; 1.3 covers Rp/Rs <= 0.3
@@ -81,46 +82,34 @@ class BaselineOptions:
         # YAML and the command line hand over lists and loosely typed numbers.
         self.limb_darkening_airs = tuple(float(u) for u in self.limb_darkening_airs)  # type: ignore[assignment]
         self.limb_darkening_fgs1 = tuple(float(u) for u in self.limb_darkening_fgs1)  # type: ignore[assignment]
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "bool" and not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"baseline.{f.name} must be true or false, got {value!r}")
-            if f.type in ("int", "float"):
-                try:
-                    setattr(self, f.name, int(value) if f.type == "int" else float(value))
-                except (TypeError, ValueError) as exc:
-                    raise ValueError(f"baseline.{f.name} must be a number, got {value!r}") from exc
-        checks = {
-            "poly_degree": 0 <= int(self.poly_degree) <= 5,
-            "sigma_inflation": float(self.sigma_inflation) > 0,
-            "limb_darkening_airs": len(self.limb_darkening_airs) == 2,
-            "limb_darkening_fgs1": len(self.limb_darkening_fgs1) == 2,
-            "fit_limb_darkening": int(self.fit_limb_darkening) in (0, 1, 2),
-            "limb_darkening_prior": float(self.limb_darkening_prior) >= 0,
-            "geometry_prior": float(self.geometry_prior) >= 0,
-            "supersample": int(self.supersample) >= 1,
-            "decorrelate_degree": 0 <= int(self.decorrelate_degree) <= 2,
-            "clip_sigma": float(self.clip_sigma) > 0,
-            "red_noise_minutes": float(self.red_noise_minutes) >= 0,
-            "sigma_floor_ppm_airs": float(self.sigma_floor_ppm_airs) >= 0,
-            "sigma_floor_ppm_fgs1": float(self.sigma_floor_ppm_fgs1) >= 0,
-            "ld_trend_degree": -1 <= int(self.ld_trend_degree) <= 5,
-            "smooth_bins": int(self.smooth_bins) >= 0,
-            "default_period_days": float(self.default_period_days) > 0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"baseline.{name} is out of range: {getattr(self, name)!r}")
+        coerce_fields(self, "baseline")
+        check_rules(
+            "baseline",
+            self,
+            (
+                ("poly_degree", 0 <= self.poly_degree <= 5, "in [0, 5]"),
+                ("sigma_inflation", self.sigma_inflation > 0, "> 0"),
+                ("limb_darkening_airs", len(self.limb_darkening_airs) == 2, "[u1, u2]"),
+                ("limb_darkening_fgs1", len(self.limb_darkening_fgs1) == 2, "[u1, u2]"),
+                ("fit_limb_darkening", self.fit_limb_darkening in (0, 1, 2), "0, 1 or 2"),
+                ("limb_darkening_prior", self.limb_darkening_prior >= 0, ">= 0"),
+                ("geometry_prior", self.geometry_prior >= 0, ">= 0"),
+                ("supersample", self.supersample >= 1, ">= 1"),
+                ("decorrelate_degree", 0 <= self.decorrelate_degree <= 2, "0, 1 or 2"),
+                ("clip_sigma", self.clip_sigma > 0, "> 0"),
+                ("red_noise_minutes", self.red_noise_minutes >= 0, ">= 0"),
+                ("sigma_floor_ppm_airs", self.sigma_floor_ppm_airs >= 0, ">= 0"),
+                ("sigma_floor_ppm_fgs1", self.sigma_floor_ppm_fgs1 >= 0, ">= 0"),
+                ("ld_trend_degree", -1 <= self.ld_trend_degree <= 5, "in [-1, 5]"),
+                ("smooth_bins", self.smooth_bins >= 0, ">= 0"),
+                ("default_period_days", self.default_period_days > 0, "> 0"),
+            ),
+        )
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> "BaselineOptions":
         """Build from ``cfg.data.baseline`` (any mapping); an unknown key is an error naming it."""
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"baseline: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        return cls(**cfg)
+        return options_from(cls, cfg, "baseline")
 
 
 @dataclass(frozen=True)
@@ -459,7 +448,6 @@ def _fit_white(
     m_a = ma(t0, ra, a, b, *ua)
     m_f = mf(t0, rf, a, b, *uf)
     res_a = _varpro_resid(wa, m_a, va, xa, sa, keep_a)
-    res_f = _varpro_resid(ff, m_f, vf, xf, sf, keep_f)
     # Correlated noise in the white light (stellar, pointing) leaks into its depth more than
     # the Jacobian says: scale by the correlated-noise factor of a fixed-shape refit.
     red_a = _red_factor(wa, sa, keep_a, (1 - m_a) / ra**2, va, xa, _lags(ta, opt.red_noise_minutes))

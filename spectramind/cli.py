@@ -19,7 +19,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -30,23 +29,15 @@ from spectramind.config import compose, split_overrides
 from spectramind.data.errors import PlanetDataError
 from spectramind.data.lightcurves import Binning
 from spectramind.data.runner import RunSummary, StrictFailure, console
+from spectramind.options import options_from
 
 log = logging.getLogger("spectramind")
 
 
-class UsageError(Exception):
-    """A command-line mistake: printed as one line, exit status 2."""
-
-
 def _options(cls: type, node: DictConfig, **flags):
     """Build an options dataclass from its config node; flags that were given win."""
-    known = {f.name for f in fields(cls)}
-    values = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k in known}
-    unknown = set(OmegaConf.to_container(node, resolve=True)) - known
-    if unknown:
-        raise UsageError(f"unknown {cls.__name__} keys in config: {', '.join(sorted(unknown))}")
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return cls(**values)
+    section = cls.__name__.removesuffix("Options").lower()
+    return options_from(cls, OmegaConf.to_container(node, resolve=True), section, **flags)
 
 
 def _binning(cfg: DictConfig) -> Binning:
@@ -287,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = compose(overrides)
         return int(args.func(args, cfg))
-    except (UsageError, ValueError, PlanetDataError, StrictFailure, FileNotFoundError) as exc:
+    except (ValueError, PlanetDataError, StrictFailure, FileNotFoundError) as exc:
         if args.verbose:
             raise
         console.print(f"[red]error:[/] {exc}", soft_wrap=True)

@@ -137,3 +137,11 @@ def test_overrides_reach_the_stage(tmp_path):
     lc = LightCurves.load(lc_file)
     assert np.median(np.diff(lc.airs_time_h)) == pytest.approx(1.0, rel=0.05)
     assert main(["config", "data.binning.nonexistent_key=1"]) == 2
+
+
+def test_options_are_typed_and_unknown_keys_named(tmp_path, capsys):
+    base = ["calibrate", "--data", str(tmp_path), "--out", str(tmp_path / "lc")]
+    assert main([*base, "data.calibrate.airs_halfwidth=6.5"]) == 2
+    assert "calibrate.airs_halfwidth must be an integer, got 6.5" in capsys.readouterr().err
+    assert main([*base, "+data.calibrate.airs_halfwidht=6"]) == 2
+    assert "calibrate: unknown option 'airs_halfwidht'" in capsys.readouterr().err

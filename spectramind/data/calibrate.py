@@ -64,6 +64,7 @@ from spectramind.data import adc
 from spectramind.data.errors import PlanetDataError
 from spectramind.data.lightcurves import Binning, LightCurves, bin_mean, fgs1_feature_matrix, visit_path, write_index
 from spectramind.data.runner import RunSummary, run_planets
+from spectramind.options import check_rules, coerce_fields
 
 logger = logging.getLogger("spectramind.calibrate")
 
@@ -93,6 +94,7 @@ class CalibrateOptions:
     chunk_pairs: int = 256
 
     def __post_init__(self) -> None:
+        coerce_fields(self, "calibrate")
         # 32 detector rows: a gap of at most 14 leaves background rows wherever the trace lies,
         # and a background radius of at most 16 leaves FGS1 corner pixels wherever the star lies.
         rules = (
@@ -107,9 +109,7 @@ class CalibrateOptions:
             ("noise_min_bins", self.noise_min_bins >= 3, ">= 3"),
             ("chunk_pairs", self.chunk_pairs >= 1, ">= 1"),
         )
-        for name, ok, rule in rules:
-            if not ok:
-                raise ValueError(f"CalibrateOptions.{name} must be {rule}, got {getattr(self, name)}")
+        check_rules("calibrate", self, rules)
 
 
 # ---------------------------------------------------------------- per-pixel constants

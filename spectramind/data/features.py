@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,7 @@ from spectramind.baseline import BaselineOptions, fit_white_light, predict_plane
 from spectramind.bins import N_AIRS, N_BINS, wavelengths
 from spectramind.data.errors import PlanetDataError
 from spectramind.data.lightcurves import FGS1_FEATURES, LightCurves
+from spectramind.options import check_rules, coerce_fields, options_from
 
 __all__ = [
     "FEATURES_VERSION",
@@ -118,35 +119,24 @@ class FeatureOptions:
     def __post_init__(self) -> None:
         if isinstance(self.baseline, Mapping):
             self.baseline = BaselineOptions.from_mapping(self.baseline)
-        try:
-            self.fgs1_steps = int(self.fgs1_steps)
-            self.in_transit_fraction = float(self.in_transit_fraction)
-            self.oot_margin = float(self.oot_margin)
-            self.pointing_window = int(self.pointing_window)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"features: options must be numbers: {exc}") from exc
-        checks = {
-            "fgs1_steps": self.fgs1_steps >= 2,
-            "in_transit_fraction": 0 < self.in_transit_fraction <= 1,
-            "oot_margin": self.oot_margin >= 0,
-            "pointing_window": self.pointing_window >= 3,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"features.{name} is out of range: {getattr(self, name)!r}")
+        coerce_fields(self, "features")
+        rules = (
+            ("fgs1_steps", self.fgs1_steps >= 2, ">= 2"),
+            ("in_transit_fraction", 0 < self.in_transit_fraction <= 1, "in (0, 1]"),
+            ("oot_margin", self.oot_margin >= 0, ">= 0"),
+            ("pointing_window", self.pointing_window >= 3, ">= 3"),
+        )
+        check_rules("features", self, rules)
 
     @classmethod
     def from_mapping(
         cls, cfg: Mapping[str, Any] | None, baseline: Mapping[str, Any] | BaselineOptions | None = None
     ) -> "FeatureOptions":
         """From ``cfg.data.features`` (and ``cfg.data.baseline``); an unknown key is an error naming it."""
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)} - {"baseline"}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"features: unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        if cfg and "baseline" in cfg:
+            raise ValueError("features: 'baseline' comes from cfg.data.baseline, not cfg.data.features")
         base = baseline if isinstance(baseline, BaselineOptions) else BaselineOptions.from_mapping(baseline)
-        return cls(**cfg, baseline=base)
+        return options_from(cls, cfg, "features", baseline=base)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "FeatureOptions":

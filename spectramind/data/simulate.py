@@ -32,6 +32,7 @@ from spectramind.bins import wavelengths
 from spectramind.data import adc, astro, instrument
 from spectramind.data.lightcurves import Binning, LightCurves, bin_mean, fgs1_feature_matrix, visit_path, write_index
 from spectramind.data.runner import RunSummary, run_planets
+from spectramind.options import check_rules, coerce_fields
 
 LEVELS = ("raw", "lightcurves")
 _SPLIT_KEY = {"train": 0, "test": 1}
@@ -52,6 +53,7 @@ class SimulateOptions:
     two_visit_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        coerce_fields(self, "simulate")
         rules = (
             ("n_planets", self.n_planets >= 0, ">= 0"),
             ("seed", self.seed >= 0, ">= 0"),
@@ -60,11 +62,9 @@ class SimulateOptions:
             ("n_test", self.n_test >= 0, ">= 0"),
             ("two_visit_fraction", 0 <= self.two_visit_fraction <= 1, "in [0, 1]"),
         )
-        for name, ok, rule in rules:
-            if not ok:
-                raise ValueError(f"SimulateOptions.{name} must be {rule}, got {getattr(self, name)!r}")
+        check_rules("simulate", self, rules)
         if self.n_planets + self.n_test < 1:
-            raise ValueError("SimulateOptions: n_planets + n_test must be at least 1")
+            raise ValueError("simulate: n_planets + n_test must be at least 1")
 
 
 @dataclass(frozen=True)
