@@ -82,12 +82,12 @@ def test_shap_values_are_efficient(model, x, method, n_samples):
     # f is the white target: the mean mu over the AIRS bins, at the inputs and at the zero baseline.
     assert res.fx == pytest.approx(float(out.mu[0, 1:].mean()), rel=1e-5)
     assert res.f_baseline == pytest.approx(float(zero.mu[0, 1:].mean()), rel=1e-5)
-    assert abs(res.fx - res.f_baseline) > 1e-3  # the property below is not vacuous
+    assert abs(res.fx - res.f_baseline) > 5e-5  # the property below is not vacuous (mu is ~1e-2)
     gap = res.values.sum() - (res.fx - res.f_baseline)
     assert abs(gap) <= res.efficiency_tolerance
     # The tolerance is the stated one: 1e-4 (sampling) / 1e-3 (kernel) of the scale, not looser.
     scale = max(abs(res.fx), abs(res.f_baseline), np.abs(res.values).sum())
-    assert res.efficiency_tolerance <= {"sampling": 1e-4, "kernel": 1e-3}[method] * scale + 1e-5
+    assert res.efficiency_tolerance <= {"sampling": 1e-4, "kernel": 1e-3}[method] * scale + 1e-8
 
 
 def test_top_bins_are_sorted_bin_groups(model, x):
@@ -125,7 +125,7 @@ def test_reference_planet_baselines(model, x):
     res = integrated_gradients(model, *x, baseline="mean", n_steps=64)
     assert res.airs_nodes.shape == (N_BINS, 8) and res.fgs1.shape == (STEPS, 6)
     total = float(res.fgs1.sum() + res.airs_nodes.sum())
-    assert res.delta <= 0.01 * abs(total) and abs(total) > 0.1
+    assert res.delta <= 0.01 * abs(total) and abs(total) > 1e-3  # mu is in (Rp/Rs)^2, ~1e-2
     with pytest.raises(ValueError, match="baseline"):
         node_importance(model, *x, baseline="median")
 
@@ -168,12 +168,12 @@ def test_integrated_gradients_are_complete(model, x):
         at_zero = model(torch.zeros(1, STEPS, 6), torch.zeros(1, N_BINS, 8)).mu.sum()
     diff = float(at_x - at_zero)
     total = float(res.fgs1.sum() + res.airs_nodes.sum())
-    assert abs(diff) > 1.0
+    assert abs(diff) > 0.01  # mu in (Rp/Rs)^2 summed over 283 bins
     assert res.delta <= 0.01 * abs(diff)
     assert total == pytest.approx(diff, rel=0.01)
     # node_importance with aggregate="sum" is the same attribution, summed over the 8 features.
     imp = node_importance(model, *x, n_steps=64)
-    torch.testing.assert_close(imp, res.airs_nodes.sum(-1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(imp, res.airs_nodes.sum(-1), rtol=1e-4, atol=1e-8)
 
 
 def test_attention_top_edges_sorted_and_bounded(model, x):

@@ -196,12 +196,15 @@ def test_ratio_inside_bounds_is_zero(cfg, grid):
 
 def test_ratio_outside_bounds_costs_squared_excess(cfg, grid):
     lam = cfg["losses"]["symbolic"]["ratio_envelopes"]["lambda"]
-    # CH4/H2O = 4 > 3: (4 - 3)^2 = 1; CO2/H2O = 0.5 is inside.
+    # CH4/H2O = 4 > 3: (S_CH4 - 3 S_H2O)^2 = (1e-4)^2; CO2/H2O = 0.5 is inside.
     mu = band_spectrum({"H2O": 1e-4, "CH4": 4e-4, "CO2": 0.5e-4})
-    assert symbolic(cfg, grid)(mu)["ratio_envelopes"].item() == pytest.approx(lam * 1.0)
-    # CO2/H2O = 0.05 < 0.1: (0.1 - 0.05)^2; CH4/H2O = 1 is inside.
+    assert symbolic(cfg, grid)(mu)["ratio_envelopes"].item() == pytest.approx(lam * 1e-8, rel=1e-4)
+    # CO2/H2O = 0.05 < 0.1: (0.1 S_H2O - S_CO2)^2 = (0.05e-4)^2; CH4/H2O = 1 is inside.
     mu = band_spectrum({"H2O": 1e-4, "CH4": 1e-4, "CO2": 0.05e-4})
-    assert symbolic(cfg, grid)(mu)["ratio_envelopes"].item() == pytest.approx(lam * 0.05**2)
+    assert symbolic(cfg, grid)(mu)["ratio_envelopes"].item() == pytest.approx(lam * (0.05e-4) ** 2, rel=1e-3)
+    # Without an H2O band the penalty stays the size of the CH4 band squared instead of exploding.
+    mu = band_spectrum({"CH4": 2e-4})
+    assert symbolic(cfg, grid)(mu)["ratio_envelopes"].item() == pytest.approx(lam * 4e-8, rel=1e-3)
 
 
 def test_band_strength_is_window_mean_minus_continuum(grid):
@@ -405,3 +408,15 @@ def test_gradients_flow_without_nan(cfg, grid):
     total.backward()
     assert torch.isfinite(rough.grad).all() and rough.grad.abs().sum() > 0
     assert torch.isfinite(rq.grad).all() and rq.grad.abs().sum() > 0
+
+
+def test_symbolic_unit_rescales_the_squared_terms(grid):
+    cfg = {"gll_weight": 1.0, "symbolic": {"smoothness": {"lambda": 1.0, "window": 2}}}
+    mu = torch.zeros(2, 283)
+    mu[:, 20] = 2e-4  # a 200 ppm spike outside the molecule windows
+    y, sigma = torch.zeros(2, 283), torch.full((2, 283), 1e-4)
+    raw = L.V50Loss(cfg, grid)(mu, sigma, y)[1]["smoothness"]
+    scaled = L.V50Loss({**cfg, "symbolic_unit": 1e-4}, grid)(mu, sigma, y)[1]["smoothness"]
+    assert float(scaled) == pytest.approx(float(raw) / 1e-8, rel=1e-4) and float(scaled) > 1e-3
+    with pytest.raises(ValueError, match="symbolic_unit"):
+        L.V50Loss({**cfg, "symbolic_unit": 0.0}, grid)

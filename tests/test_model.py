@@ -64,7 +64,10 @@ def test_outputs_keep_one_type_across_options():
     assert out.fgs1_latents.shape == (2, 12, 128)
     plain = build("model=small", "model.encoders.airs_gnn.backend=rgcn")(*inputs(2, 12))
     assert plain.gat_attention.numel() == 0 and plain.fgs1_latents.shape == (2, 0, 128)
-    torch.testing.assert_close(out.mu_partials.sum(1), out.mu)
+    x = inputs(2, 12)
+    out = model(*x)
+    mu_base, _ = model.baseline(x[1])
+    torch.testing.assert_close(out.mu_partials.sum(1), out.mu - mu_base, rtol=1e-4, atol=1e-9)
 
 
 def test_checkpoint_roundtrip_and_refusals(tmp_path):
@@ -92,3 +95,24 @@ def test_bad_input_names_the_tensor():
         model(torch.randn(2, 8, 6), torch.randn(2, 282, 8))
     with pytest.raises(ValueError, match="fgs1 must have shape"):
         model(torch.randn(2, 8, 5), torch.randn(2, 283, 8))
+
+
+def test_heads_correct_the_physics_baseline_of_the_node_features():
+    from spectramind.data import features
+    from spectramind.model import v50
+
+    assert (v50.DEPTH_UNIT, v50.SIGMA_UNIT) == (features.DEPTH_UNIT, features.SIGMA_UNIT)
+    model = build("model=small").eval()
+    fgs1, nodes = inputs(2, 12)
+    nodes[..., 0] = 1.5  # 1.5e-2 baseline depth
+    nodes[..., 1] = 0.5  # sigma 10**0.5 * 1e-4
+    with torch.no_grad():
+        for head in (model.mu_head, model.sigma_head):
+            for p in head.parameters():
+                p.zero_()
+        out = model(fgs1, nodes)
+    torch.testing.assert_close(out.mu, torch.full((2, 283), 1.5e-2))
+    # A zeroed sigma head outputs sigma_min + softplus(softplus-floored 0): a fixed factor on the baseline.
+    factor = out.sigma / (10**0.5 * 1e-4)
+    torch.testing.assert_close(factor, torch.full_like(factor, float(factor[0, 0])))
+    assert 0.5 < float(factor[0, 0]) < 1.5

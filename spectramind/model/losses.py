@@ -13,12 +13,14 @@ Every term is a scalar averaged over the batch, so a term does not grow with the
 All spectra are (B, 283) in (Rp/Rs)^2 units, bin 0 = FGS1, bins 1..282 = AIRS in ascending
 wavelength. The symbolic terms are computed on those raw units (no rescaling), so the squared
 terms (smoothness, nonnegativity, seam, quantile crossing) are of order (feature size)^2 ~ 1e-8;
-molecular_coherence (normalised) and ratio_envelopes are scale free.
+molecular_coherence (normalised) is scale free.
 
 Config keys read beyond ``configs/model/base.yaml`` (all optional, defaults in brackets):
 ``losses.fgs1_weight`` [57.846, the ADC2025 weight], ``losses.pinball_weight`` [1.0],
 ``losses.symbolic.<term>.enable`` [true], ``seam_continuity.context`` [3],
-``molecular_coherence.floor`` [1e-6], ``ratio_envelopes.eps`` [1e-6]. The quantile levels and
+``molecular_coherence.floor`` [1e-6], ``losses.symbolic_unit`` [1.0: the unit mu and the quantiles are
+divided by before the symbolic terms; the model config sets 1e-4, so the squared terms of a
+100 ppm feature are O(1) next to the GLL instead of 1e-8]. The quantile levels and
 ``monotonic_penalty`` live in ``model.decoders.sigma_head.quantile`` and are passed as ``quantile_cfg``.
 """
 
@@ -356,17 +358,17 @@ def ratio_envelope_loss(
     mask_b: Tensor,
     continuum: Tensor,
     bounds: tuple[float, float],
-    eps: float = 1e-6,
 ) -> Tensor:
-    """Penalty on the ratio of two molecules' band strengths leaving ``bounds`` = (lo, hi).
+    """Penalty on molecule A's band strength leaving ``bounds`` = (lo, hi) times molecule B's.
 
     .. math::
-        r_b = \\frac{S_A(\\mu_b)}{\\max(S_B(\\mu_b), \\varepsilon)}, \\qquad
-        L = \\frac1B \\sum_b \\mathrm{relu}(lo - r_b)^2 + \\mathrm{relu}(r_b - hi)^2
+        L = \\frac1B \\sum_b \\mathrm{relu}\\big(S_A(\\mu_b) - hi\\,S_B(\\mu_b)\\big)^2
+              + \\mathrm{relu}\\big(lo\\,S_B(\\mu_b) - S_A(\\mu_b)\\big)^2
 
-    S = :func:`band_strength`. The denominator is floored at ``eps`` (1 ppm), so a molecule B
-    without a band makes any band of A count as far above ``hi``, and a spectrum with neither
-    band has r = 0 (penalised when lo > 0).
+    S = :func:`band_strength`. This is the envelope lo <= S_A / S_B <= hi multiplied through by
+    S_B, so it is squared in the units of mu like the other symbolic terms and stays bounded when
+    B has no band: the ratio itself would divide by ~0 and swamp every other loss, while here a
+    missing B band only asks A's band not to exceed hi * S_B (about zero).
 
     Shapes:
         mu: (B, 283). mask_a, mask_b, continuum: (283,) bool. returns: ().
@@ -374,8 +376,9 @@ def ratio_envelope_loss(
     lo, hi = float(bounds[0]), float(bounds[1])
     if not lo <= hi:
         raise ValueError(f"ratio bounds must satisfy lo <= hi, got ({lo}, {hi})")
-    r = band_strength(mu, mask_a, continuum) / band_strength(mu, mask_b, continuum).clamp_min(eps)
-    return (F.relu(lo - r) ** 2 + F.relu(r - hi) ** 2).mean()
+    s_a = band_strength(mu, mask_a, continuum)
+    s_b = band_strength(mu, mask_b, continuum)
+    return (F.relu(s_a - hi * s_b) ** 2 + F.relu(lo * s_b - s_a) ** 2).mean()
 
 
 def _check_quantiles(quantiles: Tensor) -> None:
@@ -528,7 +531,6 @@ class SymbolicLoss(nn.Module):
 
         if "ratio_envelopes" in self.lambdas:
             node = cfg["ratio_envelopes"]
-            self.ratio_eps = float(node.get("eps", 1e-6))
             continuum = ~windows_mask
             continuum[0] = False  # FGS1 is another instrument at another wavelength: not AIRS continuum
             if not continuum.any():
@@ -584,7 +586,7 @@ class SymbolicLoss(nn.Module):
             total = _promote(mu).new_zeros(())
             for k, bounds in enumerate(self.ratio_bounds):
                 mask_a, mask_b = self.ratio_masks[k]
-                total = total + ratio_envelope_loss(mu, mask_a, mask_b, self.ratio_continuum, bounds, self.ratio_eps)
+                total = total + ratio_envelope_loss(mu, mask_a, mask_b, self.ratio_continuum, bounds)
             return total
         if term == "quantile_monotonicity":
             assert quantiles is not None
@@ -654,6 +656,9 @@ class V50Loss(nn.Module):
         self.symbolic = SymbolicLoss(symbolic_cfg, grid, quantile_cfg)
         q_list = quantile_cfg.get("q_list") if quantile_cfg is not None else None
         self.q_list = [float(t) for t in q_list] if q_list is not None else None
+        self.symbolic_unit = float(cfg_losses.get("symbolic_unit", 1.0))
+        if not self.symbolic_unit > 0:
+            raise ValueError(f"losses.symbolic_unit must be > 0, got {self.symbolic_unit}")
 
     def forward(
         self,
@@ -671,7 +676,9 @@ class V50Loss(nn.Module):
                 )
             terms["pinball"] = self.pinball_weight * pinball_loss(quantiles, y, self.q_list)
         if self.symbolic.enabled:
-            for name, value in self.symbolic(mu, quantiles).items():
+            unit = self.symbolic_unit
+            scaled_q = quantiles / unit if quantiles is not None else None
+            for name, value in self.symbolic(mu / unit, scaled_q).items():
                 terms[name] = symbolic_weight_scale * value
         return _sum_terms(terms.values(), terms["gll"]), terms
 

@@ -4,12 +4,21 @@
     \\mathbf{p}, \\mathbf{s} &= \\mathrm{FGS1Encoder}(\\mathbf{x}^{fgs1}) \\\\
     \\mathbf{n} &= \\mathrm{AIRSGNN}(\\mathbf{x}^{airs}; \\mathcal{G}) \\\\
     \\mathbf{f} &= \\mathrm{Fusion}(\\mathbf{p}, \\mathbf{s}, \\mathbf{n}) \\\\
-    \\mu &= \\mathrm{MuHead}(\\mathbf{f}), \\quad \\sigma = \\mathrm{SigmaHead}(\\mathbf{f})
+    \\mu &= \\mu^{base} + u_\\mu\\,\\mathrm{MuHead}(\\mathbf{f}), \\quad
+    \\sigma = \\sigma^{base}\\,\\mathrm{SigmaHead}(\\mathbf{f})
 
 built from a model config (``cfg.model`` of ``configs/config.yaml``) and the symbolic profile
 (``cfg.symbolic``), which together are the ``model_config`` saved in every checkpoint, so a
 checkpoint rebuilds its model without any training YAML. The physics graph
 (:mod:`spectramind.model.graph`) is built once and stored as buffers.
+
+The heads predict corrections to the physics baseline that the node features carry
+(:mod:`spectramind.data.features`: column 0 is the baseline depth / 1e-2, column 1 is
+log10(baseline sigma / 1e-4)): :math:`\\mu^{base}` and :math:`\\sigma^{base}` are those, the mu
+head works in units :math:`u_\\mu` = ``MU_UNIT`` (100 ppm, the size of the spectral features and
+of the baseline's errors) and the sigma head's output is a factor on the baseline sigma. So an
+untrained model starts near the baseline, the heads see O(1) targets, and the GLL gradients
+reaching them are O(1) although the spectrum is ~1e-2 and its errors ~1e-4.
 
 Shapes:
     - **input:** fgs1 (B, T, 6) and airs_nodes (B, 283, 8) from :mod:`spectramind.data.features`
@@ -34,15 +43,22 @@ from spectramind.model.heads import MuHead, SigmaHead
 from spectramind.model.mamba import FGS1Encoder
 
 CHECKPOINT_KEYS = ("model", "model_config", "calibration", "meta")
+# Units of the node features' baseline columns and of the mu head (see the module docstring);
+# DEPTH_UNIT and SIGMA_UNIT must equal spectramind.data.features' (a test checks it).
+DEPTH_UNIT = 1e-2
+SIGMA_UNIT = 1e-4
+MU_UNIT = 1e-4
 
 
 class V50Output(NamedTuple):
     """Everything one forward pass gives; unused parts are empty tensors, never None.
 
-    mu, sigma: (B, 283) the spectrum and its standard deviation (before post-hoc calibration
-        unless a temperature is passed).
-    quantiles: (B, 283, Q) residual quantiles of the quantile sigma head; (B, 283, 0) for flow.
-    mu_partials: (B, S, 283) the spectrum of each mu-head scale; they sum to mu.
+    mu, sigma: (B, 283) the spectrum and its standard deviation in (Rp/Rs)^2 (before post-hoc
+        calibration unless a temperature is passed).
+    quantiles: (B, 283, Q) quantiles of the spectrum, mu + sigma_base * head quantile, of the
+        quantile sigma head; (B, 283, 0) for flow.
+    mu_partials: (B, S, 283) the mu head's correction at each scale, in (Rp/Rs)^2; they sum to
+        mu - mu_base.
     gat_attention: (B, L, E + 283, H) GAT attention per layer over ``edge_index_with_loops``;
         (B, 0, 0, 0) for other backends.
     fusion_attention: (B, 283, T) node-over-time attention of cross-attend fusion; (B, 283, 0) otherwise.
@@ -115,7 +131,18 @@ class SpectraMindV50(nn.Module):
         loops = torch.arange(N_BINS, device=self.edge_index.device)
         return torch.cat([self.edge_index, torch.stack([loops, loops])], dim=1)
 
-    def forward(self, fgs1: Tensor, airs_nodes: Tensor, temperature: Tensor | None = None) -> V50Output:
+    def baseline(self, airs_nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """The physics-baseline mu and sigma carried by the node features, (B, 283) each."""
+        return airs_nodes[..., 0] * DEPTH_UNIT, torch.pow(10.0, airs_nodes[..., 1]) * SIGMA_UNIT
+
+    def forward(
+        self,
+        fgs1: Tensor,
+        airs_nodes: Tensor,
+        temperature: Tensor | None = None,
+        step_latents: bool | None = None,
+    ) -> V50Output:
+        """``step_latents`` overrides ``export_step_latents`` for this call (MAE pretraining needs them)."""
         batch = airs_nodes.shape[0]
         if not torch.jit.is_tracing():
             if fgs1.dim() != 3 or fgs1.shape[0] != batch or fgs1.shape[2] != 6:
@@ -138,12 +165,15 @@ class SpectraMindV50(nn.Module):
         fused = self.fusion(pooled, steps, nodes)
         mu = self.mu_head(fused.nodes)
         sig = self.sigma_head(fused.nodes, temperature)
-        latents = steps if self.export_step_latents else steps[:, :0]
+        keep_steps = self.export_step_latents if step_latents is None else step_latents
+        latents = steps if keep_steps else steps[:, :0]
+        mu_base, sigma_base = self.baseline(airs_nodes)
+        mean = mu_base + MU_UNIT * mu.mu
         return V50Output(
-            mu=mu.mu,
-            sigma=sig.sigma,
-            quantiles=sig.quantiles,
-            mu_partials=mu.partials,
+            mu=mean,
+            sigma=sigma_base * sig.sigma,
+            quantiles=mean[..., None] + sigma_base[..., None] * sig.quantiles,
+            mu_partials=MU_UNIT * mu.partials,
             gat_attention=gat_attention,
             fusion_attention=fused.attention,
             node_embeddings=fused.nodes,
