@@ -8,7 +8,14 @@ Every command takes its flags plus Hydra overrides (``key=value``) composed onto
     spectramind baseline --data L --out sub.csv
     spectramind score --truth S/train.csv --submission sub.csv
     spectramind demo                       # all four on an embedded default
+    spectramind train --data L --out RUN model=small train=fast_smoke
+    spectramind calibrate-model --ckpt RUN/checkpoints/best.pt --data L
+    spectramind predict --ckpt RUN/checkpoints/best.pt --data L --out sub.csv
+    spectramind ablate --data L --out A    # the sweep of configs/train/ablation.yaml
     spectramind config model=small         # print the composed config
+
+The training stages live in the top-level ``train`` package, imported only when a training
+command runs.
 """
 
 from __future__ import annotations
@@ -180,6 +187,94 @@ def cmd_model_summary(args: argparse.Namespace, cfg: DictConfig) -> int:
     return 0
 
 
+def _data_dir(args: argparse.Namespace, cfg: DictConfig) -> Path:
+    return Path(args.data if args.data else str(cfg.data.lightcurves))
+
+
+def _exposed_flags() -> list[str]:
+    """The train keys the seed's ``cli.expose_flags`` turns into flags (--optimizer-lr, ...)."""
+    from spectramind.config import CONFIG_DIR
+
+    base = OmegaConf.load(CONFIG_DIR / "train" / "base.yaml")
+    if not bool(OmegaConf.select(base, "cli.register_commands", default=True)):
+        return []
+    return [str(k) for k in OmegaConf.select(base, "cli.expose_flags", default=[]) or []]
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    out = []
+    for key in _exposed_flags():
+        value = getattr(args, "x_" + key.replace(".", "_"), None)
+        if value is not None:
+            out.append(f"train.{key}={value}")
+    return out
+
+
+def cmd_train(args: argparse.Namespace, cfg: DictConfig) -> int:
+    """Train (curriculum, checkpoints, calibration) on the labelled planets of a light-curve directory."""
+    import json
+
+    from train.guardrail import RuntimeOverrun
+    from train.loop import run_training
+
+    extra = _flag_overrides(args)
+    if args.resume:
+        extra += ["train.resume.enable=true", f"train.resume.ckpt_path={args.resume}"]
+    if extra:
+        cfg = compose([*args.overrides, *extra])
+    try:
+        result = run_training(cfg, _data_dir(args, cfg), Path(args.out), workers=args.workers)
+    except RuntimeOverrun as exc:
+        console.print(f"[red]{exc}[/]", soft_wrap=True)
+        return 3
+    print(json.dumps(result.summary(), default=str))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, cfg: DictConfig) -> int:
+    """A submission from a checkpoint (calibration applied) for the planets of a light-curve directory."""
+    from train.predict import predict_checkpoint
+
+    sets = predict_checkpoint(Path(args.ckpt), _data_dir(args, cfg), Path(args.out), splits=args.splits,
+                              workers=args.workers)
+    n = sum(len(s) for s in sets)
+    failed = sum(len(s.failures) for s in sets)
+    console.print(f"predict: {n} planets -> {args.out}" + (f" ({failed} left out)" if failed else ""))
+    return 0 if n else 1
+
+
+def cmd_calibrate_model(args: argparse.Namespace, cfg: DictConfig) -> int:
+    """Post-hoc temperature + COREL calibration of a checkpoint on its validation planets."""
+    from train.calibrate import calibrate_standalone
+
+    out = Path(args.out) if args.out else Path(args.ckpt)
+    report = calibrate_standalone(cfg, Path(args.ckpt), _data_dir(args, cfg), out, workers=args.workers)
+    console.print(report, soft_wrap=True)
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace, cfg: DictConfig) -> int:
+    """The sweep of ``train.ablate`` (train=ablation by default): one training run per combination."""
+    from train.ablate import run_ablation_from_config
+    from train.loop import run_training
+
+    overrides = list(args.overrides)
+    if not any(o.startswith("train=") for o in overrides):
+        overrides.append("train=ablation")
+        cfg = compose(overrides)
+    if "ablate" not in cfg.train:
+        raise ValueError("spectramind ablate needs a train preset with an ablate block (train=ablation)")
+    data = _data_dir(args, cfg)
+    out = Path(args.out)
+
+    def train_fn(run_overrides: list[str], run_dir: Path) -> dict:
+        return run_training(compose(run_overrides), data, run_dir, workers=args.workers, progress=False).summary()
+
+    board = run_ablation_from_config(cfg, overrides, train_fn, out)
+    console.print(f"ablate: {len(board.records)} runs; leaderboard {board.md_path}, {board.html_path}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, cfg: DictConfig) -> int:
     print(OmegaConf.to_yaml(cfg), end="")
     return 0
@@ -254,6 +349,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--planet", required=True, type=int, help="planet id")
     p.add_argument("--out", default=None, help="default: explainability.export_dir/<planet>")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("train", help="train the model (curriculum, checkpoints, calibration) on light curves")
+    p.add_argument("--data", default=None, help="light-curve directory (default: data.lightcurves)")
+    p.add_argument("--out", default="outputs/train", help="run directory (checkpoints, logs)")
+    p.add_argument("--resume", default=None, help="checkpoint to resume (sets train.resume.ckpt_path)")
+    for key in _exposed_flags():
+        p.add_argument("--" + key.replace(".", "-").replace("_", "-"), dest="x_" + key.replace(".", "_"),
+                       default=None, help=f"train.{key}")
+    p.add_argument("--workers", type=int, default=None, help="processes for the feature cache (default: CPU count)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="a submission from a checkpoint for a light-curve directory")
+    p.add_argument("--ckpt", required=True, help="checkpoint (best.pt)")
+    p.add_argument("--data", default=None, help="light-curve directory (default: data.lightcurves)")
+    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.add_argument("--splits", type=_splits, default=("test",), help="train,test (default: test)")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate-model", help="fit temperature + COREL calibration of a checkpoint")
+    p.add_argument("--ckpt", required=True, help="checkpoint to calibrate")
+    p.add_argument("--data", default=None, help="light-curve directory it was trained on")
+    p.add_argument("--out", default=None, help="calibrated checkpoint to write (default: overwrite --ckpt)")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_calibrate_model)
+
+    p = sub.add_parser("ablate", help="run the sweep of train.ablate and write a leaderboard")
+    p.add_argument("--data", default=None, help="light-curve directory (default: data.lightcurves)")
+    p.add_argument("--out", default="outputs/ablate", help="sweep directory")
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("model-summary", help="parameter count of every model preset")
     p.add_argument("--presets", nargs="+", default=["small", "medium", "base", "large"])
