@@ -66,6 +66,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     steps: int = 0
     stopped: str = "completed"  # completed | early_stopping | guardrail
+    model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model (this rank's replica)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -216,6 +217,9 @@ def run_training(
             prefetch_factor=int(batch_cfg.prefetch_factor) if n_workers > 0 else None,
             persistent_workers=bool(batch_cfg.persistent_workers) and n_workers > 0,
             drop_last=bool(batch_cfg.drop_last),
+            # Its own generator: a loader draws a base seed from the global RNG at every epoch
+            # start, which would shift dropout's random stream after a mid-epoch resume.
+            generator=torch.Generator().manual_seed(seed),
         )
         accum = int(tc.grad.accumulate_steps)
         if accum < 1:
@@ -362,12 +366,16 @@ def run_training(
                         train_means.get("train/loss", float("nan")),
                         ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()),
                     )
-                stop_early = phase == "supervised" and is_main and stopper.step(metrics[str(es_cfg.monitor)])
+                finished_epoch = stopped != "guardrail"
+                # An epoch cut short by the guardrail is not an epoch for early stopping: the resumed
+                # run finishes it and steps the stopper then, as an uninterrupted run would.
+                stop_early = (
+                    finished_epoch and phase == "supervised" and is_main and stopper.step(metrics[str(es_cfg.monitor)])
+                )
                 if world > 1:
                     flag = torch.tensor([1.0 if stop_early else 0.0], device=device)
                     dist.broadcast(flag, 0)
                     stop_early = bool(flag.item())
-                finished_epoch = stopped != "guardrail"
                 if is_main:
                     # A finished epoch resumes at the next one; a guardrail stop at the next batch.
                     ck = state(phase_i, epoch + 1 if finished_epoch else epoch, 0 if finished_epoch else batch_i,
@@ -393,6 +401,7 @@ def run_training(
             metrics=dict(metrics),
             steps=step,
             stopped=stopped,
+            model=model,
         )
         if stopped == "guardrail":
             logger.event("guardrail", step=step, **guard.telemetry())
