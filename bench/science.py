@@ -6,7 +6,7 @@
 1. simulates ``--n-train`` labelled planets (seed 11) and ``--n-test`` held-out planets
    (seed 22) at light-curve level (reused when already there);
 2. runs the physics baseline on the held-out planets;
-3. trains ``model=small train=cpu_science data.features.fgs1_steps=64`` (plus any overrides
+3. trains ``model=small train=cpu_science data.features.fgs1_steps=32`` (plus any overrides
    given) on the training planets, with calibration on its validation split;
 4. predicts the held-out planets with the calibrated best checkpoint;
 
@@ -36,7 +36,7 @@ from spectramind.metric import score_files
 from train.loop import run_training
 from train.predict import predict_checkpoint
 
-DEFAULT_OVERRIDES = ["model=small", "train=cpu_science", "data.features.fgs1_steps=64"]
+DEFAULT_OVERRIDES = ["model=small", "train=cpu_science", "data.features.fgs1_steps=32"]
 
 
 def simulated(root: Path, n: int, seed: int, workers: int) -> Path:

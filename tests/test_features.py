@@ -182,3 +182,18 @@ def test_visits_of_different_planets_are_rejected(visits, options):
         planet_inputs([visits[0], other], STAR, options)
     with pytest.raises(PlanetDataError, match="no visits"):
         planet_inputs([], STAR, options)
+
+
+def test_options_from_checkpoint_meta_round_trip_and_errors():
+    import dataclasses
+    import json
+
+    from spectramind.data.features import FEATURES_VERSION, FeatureOptions, options_from_meta
+
+    opts = FeatureOptions(fgs1_steps=32, pointing_window=9)
+    meta = {"features_version": FEATURES_VERSION, "features": json.loads(json.dumps(dataclasses.asdict(opts)))}
+    assert options_from_meta(meta, "best.pt") == opts
+    with pytest.raises(ValueError, match="best.pt: trained on features version 0"):
+        options_from_meta({**meta, "features_version": 0}, "best.pt")
+    with pytest.raises(ValueError, match="best.pt: meta has no feature options"):
+        options_from_meta({"features_version": FEATURES_VERSION}, "best.pt")

@@ -406,14 +406,14 @@ def calibrate_standalone(
     (``<out dir>/calibration/``). Options come from ``cfg.train`` (``train=calibration`` or any
     preset with a calibration block). Returns the report as markdown."""
     from train.data import load_features
-    from train.predict import feature_options_of
+    from spectramind.data.features import options_from_meta
 
     ckpt_path, out_path = Path(ckpt_path), Path(out_path)
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     val_ids = (ckpt.get("meta") or {}).get("val_planets")
     if not val_ids:
         raise ValueError(f"{ckpt_path}: meta has no val_planets; calibrate it from the training run instead")
-    features = load_features(Path(data_dir), "train", feature_options_of(ckpt, ckpt_path), workers=workers)
+    features = load_features(Path(data_dir), "train", options_from_meta(ckpt.get("meta"), ckpt_path), workers=workers)
     index = {int(p): i for i, p in enumerate(features.planet_ids)}
     missing = [p for p in val_ids if p not in index]
     if missing:

@@ -13,6 +13,10 @@
    end, early stopping on the monitored metric (supervised phase);
 5. calibration (temperature + COREL) of the best model on the validation planets, stored in the
    checkpoints;
+
+The runtime guardrail (``runtime_guardrails``) stops training once the run exceeds its budget,
+with last.pt saved at the exact batch; with ``assert_on_overrun`` the run then raises
+:class:`train.guardrail.RuntimeOverrun`, otherwise it goes on to calibration and the submission;
 6. optionally the submission of the LCDIR's test planets (``submission.pack_on_finish``).
 
 Resume (``train.resume.enable`` and ``train.resume.ckpt_path``) restores the model, the
@@ -404,10 +408,11 @@ def run_training(
             model=model,
         )
         if stopped == "guardrail":
+            # assert_on_overrun: fail loudly (after saving). Otherwise training stops here and the
+            # run still calibrates and packs its submission, which is what a time-boxed run needs.
             logger.event("guardrail", step=step, **guard.telemetry())
             log.error(guard.overrun_message(manager.last_path))
             guard.raise_if_overrun(manager.last_path)
-            return result
 
         # ------------------------------------------------------------------ calibration
         cal_cfg = tc.get("calibration")

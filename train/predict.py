@@ -17,29 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spectramind.data.features import FEATURES_VERSION, FeatureOptions
+from spectramind.data.features import options_from_meta
 from spectramind.metric import write_submission
 from spectramind.model.calibration import CalibratedV50
 from train.checkpoints import load_checkpoint
 from train.data import FeatureSet, load_features
 from train.evaluate import predict_arrays
 
-__all__ = ["feature_options_of", "predict_checkpoint"]
+__all__ = ["predict_checkpoint"]
 
 log = logging.getLogger("spectramind.train")
-
-
-def feature_options_of(ckpt: dict, path: Path) -> FeatureOptions:
-    """The FeatureOptions stored in a checkpoint's meta; an error naming the file when absent or stale."""
-    meta = ckpt.get("meta") or {}
-    version = meta.get("features_version")
-    if version != FEATURES_VERSION:
-        raise ValueError(f"{path}: trained on features version {version}, this code builds version {FEATURES_VERSION}")
-    stored = dict(meta.get("features") or {})
-    if not stored:
-        raise ValueError(f"{path}: meta has no feature options")
-    baseline = stored.pop("baseline", None)
-    return FeatureOptions.from_mapping(stored, baseline)
 
 
 def predict_checkpoint(
@@ -56,7 +43,7 @@ def predict_checkpoint(
     ``splits`` present in ``data_dir``; returns the feature sets it predicted."""
     ckpt_path, data_dir = Path(ckpt_path), Path(data_dir)
     ckpt = load_checkpoint(ckpt_path)
-    options = feature_options_of(ckpt, ckpt_path)
+    options = options_from_meta(ckpt.get("meta"), ckpt_path)
     model = CalibratedV50.from_checkpoint(ckpt_path).to(device)
     sets, ids, mus, sigmas = [], [], [], []
     for split in splits:

@@ -75,6 +75,7 @@ __all__ = [
     "ModelInputs",
     "PlanetBaseline",
     "fit_baseline",
+    "options_from_meta",
     "planet_inputs",
     "stack_inputs",
 ]
@@ -143,6 +144,24 @@ class FeatureOptions:
         """From a composed root config (``cfg.data.features`` and ``cfg.data.baseline``)."""
         data = cfg["data"]
         return cls.from_mapping(data.get("features"), data.get("baseline"))
+
+
+def options_from_meta(meta: Mapping[str, Any] | None, source: object) -> FeatureOptions:
+    """The FeatureOptions a checkpoint was trained with (its ``meta["features"]``, written by
+    ``spectramind train``), so inference builds the inputs the model learned from.
+
+    Raises ValueError naming ``source`` (the checkpoint) when they are absent or were built by
+    another ``FEATURES_VERSION``.
+    """
+    meta = meta or {}
+    version = meta.get("features_version")
+    if version != FEATURES_VERSION:
+        raise ValueError(f"{source}: trained on features version {version}, this code builds version {FEATURES_VERSION}")
+    stored = dict(meta.get("features") or {})
+    if not stored:
+        raise ValueError(f"{source}: meta has no feature options")
+    baseline = stored.pop("baseline", None)
+    return FeatureOptions.from_mapping(stored, baseline)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader
 
 from spectramind.bins import N_BINS, BinGrid, grid_from_profile, load_grid, wavelengths
 from spectramind.data.adc import read_star_info
-from spectramind.data.features import FeatureOptions, ModelInputs, planet_inputs, stack_inputs
+from spectramind.data.features import FeatureOptions, ModelInputs, options_from_meta, planet_inputs, stack_inputs
 from spectramind.data.lightcurves import LightCurves, list_lightcurves
 from spectramind.model.v50 import SpectraMindV50, V50Output
 
@@ -884,7 +884,8 @@ def explain_from_checkpoint(
     Loads ``SpectraMindV50.from_checkpoint(ckpt)``, the planet's visits from
     ``LCDIR/{train,test}/<planet_id>/`` (``split`` forces one), its star from
     ``LCDIR/{split}_star_info.csv`` when present, builds the inputs with ``planet_inputs``
-    (``FeatureOptions.from_config(cfg)``) and writes :func:`explain_planet`'s files to
+    (with the feature options the checkpoint was trained with, ``meta["features"]``; those of
+    ``cfg`` for a checkpoint without them) and writes :func:`explain_planet`'s files to
     ``out_dir`` (default ``cfg.explainability.export_dir/<planet_id>``).
 
     Raises ValueError naming the planet and the LCDIR when the planet is not there.
@@ -902,7 +903,9 @@ def explain_from_checkpoint(
             if getattr(row, "ndim", 1) != 1:
                 raise ValueError(f"{lcdir / f'{which}_star_info.csv'}: planet {planet_id} has more than one row")
             star = row.to_dict()
-    inputs = planet_inputs(visits, star, FeatureOptions.from_config(cfg))
+    meta = torch.load(ckpt, map_location="cpu", weights_only=True).get("meta") or {}
+    features = options_from_meta(meta, ckpt) if "features" in meta else FeatureOptions.from_config(cfg)
+    inputs = planet_inputs(visits, star, features)
     options = ExplainOptions.from_config(cfg)
     target = Path(out_dir) if out_dir is not None else options.export_dir / str(planet_id)
     return explain_planet(model, inputs, options, target, planet_id)
