@@ -401,6 +401,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
+    # The stages' entry point registers the Triton kernels as the ops' CUDA implementations
+    # (cheap, and a no-op for CPU tensors); spectramind's library modules never import it.
+    import triton_kernels  # noqa: F401
+
     try:
         cfg = compose(overrides)
         return int(args.func(args, cfg))

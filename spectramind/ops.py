@@ -48,6 +48,7 @@ CPU implementations (the op bodies, and what their backward differentiates):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -601,12 +602,34 @@ def selective_scan_backward(
     return tuple(o.to(t.dtype) if o is not None and t is not None else None for o, t in zip(outs, likes))
 
 
+# Backward implementations by device type. The ops' autograd formulas are registered once, for
+# every device; a backend that has its own backward kernels (triton_kernels, "cuda") adds them
+# here, so training on that device runs them too. Absent: the PyTorch backward below.
+_BACKWARDS: dict[str, dict[str, Callable[..., tuple[Tensor | None, ...]]]] = {"selective_scan": {}, "gat_attention": {}}
+
+
+def register_backward(op: str, device_type: str, fn: Callable[..., tuple[Tensor | None, ...]]) -> None:
+    """Use ``fn`` as the backward of ``op`` ("selective_scan" | "gat_attention") for tensors on
+    ``device_type``. ``fn`` has the signature of :func:`selective_scan_backward` (scan) or
+    ``(grad_out, grad_attn, x, att_src, att_dst, edge_bias, edge_index, negative_slope) ->
+    (dx, d_att_src, d_att_dst, d_edge_bias)`` (GAT)."""
+    if op not in _BACKWARDS:
+        raise ValueError(f"register_backward: unknown op {op!r}; ops are {', '.join(_BACKWARDS)}")
+    _BACKWARDS[op][device_type] = fn
+
+
+def backward_impl(op: str, device_type: str) -> Callable[..., tuple[Tensor | None, ...]] | None:
+    """The registered backward of ``op`` on ``device_type`` (None: the PyTorch one)."""
+    return _BACKWARDS[op].get(device_type)
+
+
 def _scan_backward(ctx, grad: Tensor):
     saved = list(ctx.saved_tensors)
     core, rest = saved[:5], iter(saved[5:])
     optional = [next(rest) if p else None for p in ctx.present]
     softplus, reverse = ctx.flags
-    grads = selective_scan_backward(grad, *core, *optional, softplus, reverse)
+    impl = backward_impl("selective_scan", grad.device.type) or selective_scan_backward
+    grads = impl(grad.contiguous(), *core, *optional, softplus, reverse)
     return (*grads, None, None)
 
 
@@ -621,6 +644,10 @@ def _gat_setup(ctx, inputs, output) -> None:
 
 def _gat_backward(ctx, grad_out: Tensor, grad_attn: Tensor):
     x, att_src, att_dst, edge_bias, edge_index = ctx.saved_tensors
+    impl = backward_impl("gat_attention", x.device.type)
+    if impl is not None:
+        grads = impl(grad_out, grad_attn, x, att_src, att_dst, edge_bias, edge_index, ctx.negative_slope)
+        return (*grads, None, None)
 
     def fn(x, att_src, att_dst, edge_bias):
         return _gat_dense(x, att_src, att_dst, edge_bias, edge_index, ctx.negative_slope)

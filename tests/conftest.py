@@ -6,6 +6,13 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from pathlib import Path  # noqa: E402
 
+import torch  # noqa: E402
+
+# Without a GPU the Triton kernels run on CPU tensors in triton's interpreter; it must be chosen
+# before anything imports triton (importing torch does not).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

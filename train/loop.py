@@ -45,6 +45,7 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
+import triton_kernels  # noqa: F401  (registers the CUDA kernels of the ops: training on a GPU runs them)
 from spectramind.bins import grid_from_profile
 from spectramind.config import config_hash, to_container
 from spectramind.data.features import FEATURES_VERSION, FeatureOptions
