@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from spectramind.bins import N_BINS, grid_from_profile, load_grid
+from spectramind.model.capture import capturing
 from spectramind.model.gat import GATLayer
 from spectramind.model.graph import BinGraph, build_graph
 from spectramind.model.v50 import CHECKPOINT_KEYS, DEPTH_UNIT, SIGMA_UNIT, SpectraMindV50, V50Output
@@ -151,7 +152,7 @@ class COREL(nn.Module):
         return torch.cat([log_sigma[..., None], z[..., None], airs_nodes], dim=-1)
 
     def forward(self, mu: Tensor, sigma: Tensor, airs_nodes: Tensor) -> Tensor:
-        if not torch.jit.is_tracing() and tuple(airs_nodes.shape[1:]) != (N_BINS, N_AIRS_FEATURES):
+        if not capturing() and tuple(airs_nodes.shape[1:]) != (N_BINS, N_AIRS_FEATURES):
             shape = tuple(airs_nodes.shape)
             raise ValueError(f"COREL: airs_nodes must be (B, {N_BINS}, {N_AIRS_FEATURES}), got {shape}")
         x = self.features(mu, sigma, airs_nodes).to(self.inp.weight.dtype)

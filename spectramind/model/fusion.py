@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from spectramind.bins import N_BINS
+from spectramind.model.capture import capturing
 
 __all__ = ["FUSION_KINDS", "Fused", "Fusion"]
 
@@ -237,7 +238,7 @@ class Fusion(nn.Module):
         self, fgs1_pooled: Tensor, fgs1_steps: Tensor, nodes: Tensor, step_mask: Tensor | None = None
     ) -> Fused:
         # Under tracing shapes are traced values; checking them would freeze the example's shapes.
-        if not torch.jit.is_tracing():
+        if not capturing():
             self._check(fgs1_pooled, fgs1_steps, nodes, step_mask)
         if isinstance(self.impl, _CrossAttendFusion):
             fused, attention = self.impl(fgs1_pooled, fgs1_steps, nodes, step_mask)

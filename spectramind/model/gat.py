@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spectramind.model.capture import capturing
 from spectramind.ops import gat_attention
 
 __all__ = ["GATLayer", "GATOutput", "add_self_loops_mean"]
@@ -186,7 +187,7 @@ class GATLayer(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> GATOutput:
         # A trace records one input's shapes anyway; checking there only adds TracerWarnings.
-        if not torch.jit.is_tracing():
+        if not capturing():
             self._check(x, edge_index, edge_attr)
         if self.edge_dim is None:
             edge_attr = None

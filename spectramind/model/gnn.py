@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GINEConv, NNConv, RGCNConv
 
+from spectramind.model.capture import capturing
 from spectramind.model.encodings import build_positional_encoding
 from spectramind.model.gat import GATLayer
 
@@ -252,7 +253,7 @@ class AIRSGNN(nn.Module):
         self, nodes: Tensor, edge_index: Tensor, edge_attr: Tensor | None, edge_type: Tensor
     ) -> AIRSEncoding:
         # A trace would freeze these checks (they read shapes and values) into constants: eager only.
-        if not torch.jit.is_tracing():
+        if not capturing():
             self._check_graph(nodes, edge_index, edge_attr, edge_type)
         batch, n, _ = nodes.shape
         x = nodes

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spectramind.bins import N_BINS
+from spectramind.model.capture import capturing
 
 __all__ = ["MU_SCALES", "MuHead", "MuOutput", "SigmaHead", "SigmaOutput", "scale_operators"]
 
@@ -35,7 +36,7 @@ def _trunk(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
 
 def _check_nodes(nodes: Tensor, n_bins: int, in_dim: int, name: str) -> None:
     # Under tracing shapes are traced values; checking them would freeze the example's shapes.
-    if torch.jit.is_tracing():
+    if capturing():
         return
     if nodes.dim() != 3 or tuple(nodes.shape[1:]) != (n_bins, in_dim):
         raise ValueError(f"{name} nodes must have shape (batch, {n_bins}, {in_dim}), got {tuple(nodes.shape)}")
@@ -293,7 +294,7 @@ class SigmaHead(nn.Module):
         if not self.temperature_ok:
             raise ValueError("decoders.sigma_head.temperature_scaling_compatible is false: no temperature allowed")
         allowed = ((), (1,), (self.n_bins,))
-        if not torch.jit.is_tracing() and tuple(temperature.shape) not in allowed:
+        if not capturing() and tuple(temperature.shape) not in allowed:
             raise ValueError(
                 f"temperature must be a scalar or have shape ({self.n_bins},), got {tuple(temperature.shape)}"
             )

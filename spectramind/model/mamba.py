@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spectramind.model.capture import capturing
 from spectramind.model.norm import make_norm
 from spectramind.ops import selective_scan
 
@@ -42,7 +43,7 @@ def _check_mask(mask: Tensor | None, x: Tensor) -> Tensor | None:
     if mask is None:
         return None
     # Under tracing shapes are traced values; the check would only freeze the example's shape.
-    if not torch.jit.is_tracing() and (mask.dtype != torch.bool or mask.shape != x.shape[:2]):
+    if not capturing() and (mask.dtype != torch.bool or mask.shape != x.shape[:2]):
         raise ValueError(f"mask must be bool of shape {tuple(x.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
     return mask[:, None, :].to(x.dtype)
 
@@ -311,7 +312,7 @@ class FGS1Encoder(nn.Module):
                 layer.out_proj.weight.div_(math.sqrt(n_layers))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> FGS1Encoding:
-        if not torch.jit.is_tracing() and (x.dim() != 3 or x.shape[-1] != self.in_features):
+        if not capturing() and (x.dim() != 3 or x.shape[-1] != self.in_features):
             raise ValueError(f"fgs1 input must have shape (batch, time, {self.in_features}), got {tuple(x.shape)}")
         h = self.in_proj(x)
         for layer in self.layers:

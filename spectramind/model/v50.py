@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from spectramind.bins import N_BINS, grid_from_profile, load_grid
+from spectramind.model.capture import capturing
 from spectramind.model.fusion import Fusion
 from spectramind.model.gnn import AIRSGNN
 from spectramind.model.graph import build_graph
@@ -144,7 +145,7 @@ class SpectraMindV50(nn.Module):
     ) -> V50Output:
         """``step_latents`` overrides ``export_step_latents`` for this call (MAE pretraining needs them)."""
         batch = airs_nodes.shape[0]
-        if not torch.jit.is_tracing():
+        if not capturing():
             if fgs1.dim() != 3 or fgs1.shape[0] != batch or fgs1.shape[2] != 6:
                 raise ValueError(f"fgs1 must have shape ({batch}, time, 6), got {tuple(fgs1.shape)}")
             if tuple(airs_nodes.shape[1:]) != (N_BINS, self.node_features):
