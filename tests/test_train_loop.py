@@ -156,3 +156,18 @@ def test_ddp_two_cpu_processes_keep_replicas_equal(lcdir, tmp_path):
         torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
         moved += int(not torch.equal(a[name], init[name]))
     assert moved > 10  # the replicas trained, not just stayed at a common init
+
+
+def test_cli_ablate_runs_the_sweep_and_writes_the_leaderboard(lcdir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # train.ablate.export paths are relative to the working directory
+    args = ["ablate", "--data", str(lcdir), "--out", "outputs/ablate", "--workers", "1", "train=ablation",
+            "model=small", "data.features.fgs1_steps=16", "train.epochs.mae=0", "train.epochs.contrastive=0",
+            "train.epochs.supervised=1", "train.batch.workers=0", "train.batch.train=4",
+            "train.logging.mlflow.enable=false", "train.calibration.run_after_supervised=false",
+            "train.ablate.max_runs=2", "train.ablate.top_n=1"]
+    assert cli(args) == 0
+    board = tmp_path / "outputs" / "ablate"
+    md = (board / "leaderboard.md").read_text()
+    assert md.count("| ok") == 2 or md.count("ok |") == 2, md
+    assert "val/score" in md and (board / "leaderboard.html").read_text().count("<tr") >= 3
+    assert len(list((board / "topn_bundles").glob("*.zip"))) == 1

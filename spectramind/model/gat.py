@@ -52,7 +52,9 @@ def add_self_loops_mean(edge_index: Tensor, edge_attr: Tensor | None, num_nodes:
     """
     keep = edge_index[0] != edge_index[1]
     edge_index = edge_index[:, keep]
-    loops = torch.arange(num_nodes, dtype=edge_index.dtype, device=edge_index.device)
+    # Not arange(..., device=edge_index.device): tracing would bake that device into the graph, so a
+    # CPU-exported TorchScript could not run on a GPU; a cumsum inherits the device of its input.
+    loops = edge_index.new_ones(num_nodes).cumsum(0) - 1
     new_index = torch.cat([edge_index, torch.stack([loops, loops])], dim=1)
     if edge_attr is None:
         return new_index, None
