@@ -170,6 +170,9 @@ def export_artifact(
     return ExportResult(out, manifest, rows)
 
 
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
 def _write(module: ExportModule, ckpt: dict, ckpt_path: Path, tmp: Path, name: str, formats: Sequence[str],
            device: str, buckets: Sequence[int], info: dict, ids: np.ndarray, fgs1: np.ndarray, nodes: np.ndarray,
            tolerances: dict[str, Tolerance] | None, opset: int, console: Console) -> tuple[list[ParityRow], dict]:
@@ -178,6 +181,11 @@ def _write(module: ExportModule, ckpt: dict, ckpt_path: Path, tmp: Path, name: s
     # Batch >= 2 in the example: an exporter may specialise a size-1 axis to a constant.
     example = (torch.from_numpy(tile(fgs1, max(2, len(fgs1)))), torch.from_numpy(tile(nodes, max(2, len(nodes)))))
     facts: dict[str, Any] = {}
+    # The checkpoint itself travels in the artifact (hashed like every file): the server rebuilds
+    # the eager model from it for explanations (GAT attention, Shapley values), which the traced
+    # graphs, returning only mu and sigma, cannot give.
+    shutil.copyfile(ckpt_path, tmp / CHECKPOINT_FILE)
+    facts["checkpoint"] = {"file": CHECKPOINT_FILE, "use": "explanations (eager model)"}
     runners = {}
     if "torchscript" in formats:
         export_torchscript(module, example, tmp / TORCHSCRIPT_FILE)

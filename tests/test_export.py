@@ -70,7 +70,7 @@ def artifact(tiny, tmp_path_factory) -> Path:
 
 def test_artifact_layout_and_manifest(artifact, tiny):
     names = sorted(p.relative_to(artifact).as_posix() for p in artifact.rglob("*") if p.is_file())
-    assert names == sorted([MANIFEST, GOLDEN, "model.torchscript.pt", "model.onnx",
+    assert names == sorted([MANIFEST, GOLDEN, "checkpoint.pt", "model.torchscript.pt", "model.onnx",
                             "triton/spectramind/config.pbtxt", "triton/spectramind/1/model.onnx"])
     assert not [p for p in artifact.parent.iterdir() if p.name.startswith(".")], "a temporary was left behind"
     m = json.loads((artifact / MANIFEST).read_text())
@@ -88,6 +88,7 @@ def test_artifact_layout_and_manifest(artifact, tiny):
     assert report["after"] == {"coverage_90": 0.9} and "holdout_index" not in report
     assert m["batch_buckets"] == list(BUCKETS)
     assert m["formats"]["onnx"]["opset"] >= 18 and m["formats"]["onnx"]["nodes"] < 2000
+    assert m["formats"]["checkpoint"]["file"] == "checkpoint.pt" and "checkpoint.pt" in m["files"]
     assert m["formats"]["torchscript"]["custom_ops"] == list(CUSTOM_OPS)
     assert m["libraries"]["torch"] and m["libraries"]["onnxruntime"]
     assert m["libraries"]["spectramind_git_sha"] == "0" * 40
