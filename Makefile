@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make run    install (first time) and run the main job on the embedded default
+#   make run    install (first time), build the default artifact if none, serve it on 127.0.0.1:8000
 #   make test   install (first time) and run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 
-.PHONY: run test install clean
+.PHONY: run demo test install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 run: install
+	$(BIN)/python -m serve.quickstart
+
+demo: install
 	$(BIN)/spectramind demo
 
 test: install
