@@ -48,7 +48,7 @@ from spectramind.bins import N_BINS
 from spectramind.metric import score_arrays
 from spectramind.model.calibration import COREL, Calibrator, TemperatureScaling, graph_for
 from spectramind.model.losses import bin_weights, gaussian_nll
-from spectramind.model.v50 import CHECKPOINT_KEYS
+from spectramind.model.v50 import load_checkpoint_dict
 from spectramind.options import check_rules, coerce_fields, options_from
 
 __all__ = ["CalibrationOptions", "CalibrationResult", "calibrate_checkpoint", "calibration_options", "fit_calibration"]
@@ -337,10 +337,7 @@ def calibrate_checkpoint(
 ) -> CalibrationResult:
     """Fit on the given predictions; write ``ckpt_path`` with "calibration" replaced to ``out_path`` (atomically)."""
     out_path = Path(out_path)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"checkpoint {ckpt_path} lacks {', '.join(missing)}")
+    ckpt = load_checkpoint_dict(ckpt_path)
     result = fit_calibration(mu, sigma, y, airs_nodes, options, ckpt["model_config"], seed, device)
     ckpt["calibration"] = result.calibrator.state()
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectramind.model.v50 import CHECKPOINT_KEYS
+from spectramind.model.v50 import CHECKPOINT_KEYS, load_checkpoint_dict
 
 __all__ = ["CheckpointManager", "EarlyStopping", "load_checkpoint", "rng_state", "set_rng_state"]
 
@@ -183,20 +183,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` and check it has the DESIGN.md keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"checkpoint {path} cannot be loaded with weights_only=True: {exc}") from exc
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict")
-    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
-    return ckpt
+    """Load a checkpoint with ``weights_only=True`` and check it has the DESIGN.md keys
+    (:func:`spectramind.model.v50.load_checkpoint_dict`)."""
+    return load_checkpoint_dict(path, map_location)
 
 
 class EarlyStopping:

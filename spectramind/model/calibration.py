@@ -37,7 +37,7 @@ from spectramind.bins import N_BINS, grid_from_profile, load_grid
 from spectramind.model.capture import capturing
 from spectramind.model.gat import GATLayer
 from spectramind.model.graph import BinGraph, build_graph
-from spectramind.model.v50 import CHECKPOINT_KEYS, DEPTH_UNIT, SIGMA_UNIT, SpectraMindV50, V50Output
+from spectramind.model.v50 import DEPTH_UNIT, SIGMA_UNIT, SpectraMindV50, V50Output, load_checkpoint_dict
 
 __all__ = ["COREL", "COREL_FEATURES", "CalibratedV50", "Calibrator", "TemperatureScaling", "graph_for"]
 
@@ -251,21 +251,8 @@ class CalibratedV50(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> CalibratedV50:
         """Model and calibrator of one checkpoint, read once with ``weights_only=True``."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"checkpoint {path} cannot be loaded with weights_only=True: {exc}") from exc
-        missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-        if missing:
-            raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
-        model = SpectraMindV50(ckpt["model_config"])
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as exc:
-            raise ValueError(f"checkpoint {path} does not match its model_config: {exc}") from exc
+        ckpt = load_checkpoint_dict(path, map_location)
+        model = SpectraMindV50.from_checkpoint_dict(ckpt, path)
         try:
             calibrator = Calibrator.from_state(ckpt["calibration"], ckpt["model_config"])
         except (KeyError, TypeError, ValueError) as exc:

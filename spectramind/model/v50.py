@@ -205,19 +205,35 @@ class SpectraMindV50(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "SpectraMindV50":
         """Rebuild the model from a checkpoint's model_config and load its weights (weights_only loading)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"checkpoint {path} cannot be loaded with weights_only=True: {exc}") from exc
-        missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
-        if missing:
-            raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
+        return cls.from_checkpoint_dict(load_checkpoint_dict(path, map_location), path)
+
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: Mapping[str, Any], source: object) -> "SpectraMindV50":
+        """The model of an already loaded checkpoint dict; errors name ``source``."""
         model = cls(ckpt["model_config"])
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
-            raise ValueError(f"checkpoint {path} does not match its model_config: {exc}") from exc
+            raise ValueError(f"checkpoint {source} does not match its model_config: {exc}") from exc
         return model
+
+
+def load_checkpoint_dict(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint file read with ``torch.load(weights_only=True)``, with DESIGN.md's keys checked.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file when weights-only
+    loading refuses it or a key is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {path} cannot be loaded with weights_only=True: {exc}") from exc
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}")
+    return ckpt
