@@ -50,7 +50,7 @@ TIME_BUCKETS = (
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TIMINGS_KEY = "spectramind.timings"
-_SERVER_TIMING_PARTS = ("features", "queue", "compute", "explain")
+_SERVER_TIMING_PARTS = ("features_wait", "features", "queue", "compute", "explain")
 
 
 class Metrics:

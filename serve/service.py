@@ -18,7 +18,9 @@ outputs -> ``ready``) -> :meth:`stop` (``draining``: new work gets :class:`Drain
 work finishes within the drain timeout, threads stop). Before ``ready``, work gets
 :class:`NotReady`.
 
-Timings (seconds, per request): ``features`` (light curves -> model inputs), ``queue`` (enqueue
+Timings (seconds, per request): ``features_wait`` (admission to a free feature worker: under load
+the pool is the bottleneck, and without this part the wait would pass for server overhead),
+``features`` (light curves -> model inputs), ``queue`` (enqueue
 to the start of its batch), ``compute`` (the batch's forward), ``explain`` (when asked) and
 ``total`` (predict call to result).
 """
@@ -451,17 +453,18 @@ class Service:
             # A client that goes away cancels its answer: the work behind it is dropped too.
             outer.add_done_callback(lambda o, st=stage: st.cancel() if o.cancelled() else None)
             try:
-                self._pool.submit(self._features, req, prefix, stage, deadline)
+                self._pool.submit(self._features, req, prefix, stage, deadline, time.perf_counter())
             except RuntimeError:  # the pool shut down between admission and here
                 set_exception(stage, Draining("the server is shutting down"))
         return outs
 
-    def _features(self, req: PlanetRequest, prefix: str, stage: Future, deadline: float) -> None:
+    def _features(self, req: PlanetRequest, prefix: str, stage: Future, deadline: float, submitted: float) -> None:
         """Feature-pool thread: light curves -> inputs, then into the batcher (never the model)."""
         if stage.done():
             return
         try:
             t = time.perf_counter()
+            wait_s = t - submitted
             inputs = request_inputs(req, self.artifact.options, prefix)  # type: ignore[union-attr]
             features_s = time.perf_counter() - t
             if (req.explain_attention or req.explain_shap) and self.explainer is None:
@@ -482,8 +485,8 @@ class Service:
                 set_exception(stage, _service_error(exc))
                 return
             mu, sigma, bt = f.result()
-            set_result(stage, (inputs, mu, sigma, {"features": features_s, "queue": bt.queue_s,
-                                                   "compute": bt.compute_s}))
+            set_result(stage, (inputs, mu, sigma, {"features_wait": wait_s, "features": features_s,
+                                                   "queue": bt.queue_s, "compute": bt.compute_s}))
 
         # A deadline that fails the stage first leaves the queued item for the batcher to drop.
         stage.add_done_callback(lambda st: inner.cancel() if _failed(st) else None)

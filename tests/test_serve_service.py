@@ -230,7 +230,8 @@ def test_predict_equals_spectramind_predict(service, planets, lcdir, ckpt, tmp_p
         np.testing.assert_allclose(res.mu, row[:N_BINS], rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(res.sigma, row[N_BINS:], rtol=1e-5, atol=1e-9)
         np.testing.assert_allclose(res.wavelength_um, wavelengths())
-        assert set(res.timings) == {"features", "queue", "compute", "total"}
+        assert set(res.timings) == {"features_wait", "features", "queue", "compute", "total"}
+        assert 0 <= res.timings["features_wait"] <= res.timings["total"]
         assert res.timings["total"] >= res.timings["features"] > 0
         assert res.model["sha256"] == service.info()["model"]["sha256"]
         assert res.calibration["method"] == "temperature+COREL"
