@@ -127,7 +127,7 @@ class Server:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+                pass  # not listening yet: poll again until ready_timeout
             time.sleep(0.5)
         raise TimeoutError(f"server on port {self.port} not ready within {timeout_s:.0f} s; log: {self.log}")
 

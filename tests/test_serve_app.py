@@ -479,7 +479,7 @@ def live(serve_artifact, tmp_path_factory):
                 if httpx.get(url + "/v2/health/ready", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
-                pass
+                pass  # not listening yet: poll again
             time.sleep(0.1)
         yield SimpleNamespace(proc=proc, url=url, log=tmp / "server.log", tampered=bad_proc,
                               tampered_log=tmp / "tampered.log")
@@ -657,7 +657,7 @@ def test_tampered_artifact_fails_the_lifespan(serve_artifact, tmp_path, caplog):
     app = create_app(settings_for(tamper(serve_artifact, tmp_path / "t")), exit_on_failure=False)
     with caplog.at_level("CRITICAL", logger="spectramind.serve"), pytest.raises(RuntimeError, match="refusing"):
         with TestClient(app):
-            pass
+            pass  # entering runs the lifespan, which must refuse the artifact
     assert any("model.torchscript.pt" in r.getMessage() for r in caplog.records if r.levelname == "CRITICAL")
 
 
